@@ -1,0 +1,1 @@
+"""What every method shares: validation, gradient checking, layers, optimisers, training, data."""

@@ -1,0 +1,80 @@
+"""The registry of every forward/backward pair, with a maker of small float64 sample inputs.
+
+Any module of the package may define a module-level list ``GRADCHECKS`` of :class:`Op` entries.
+:func:`all_ops` imports every module of the package and collects them, so ``python -m
+scratch_transformers check`` and ``tests/test_registry.py`` iterate over the same list, and the
+test also fails if a public ``*_backward`` function anywhere in the package is covered by no entry:
+a new op cannot skip its gradient check.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .gradcheck import GradcheckResult, gradcheck
+
+_SKIP_PREFIXES = ("scratch_transformers.__main__", "scratch_transformers.experiments")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One gradient-checkable pair.
+
+    name: short label shown by ``check``. forward(**inputs) -> (y, cache);
+    backward(dy, cache) -> {name: grad} or a tuple in the order of ``wrt``.
+    make_inputs(rng) -> dict of small inputs (float64 for the differentiated ones).
+    covers: qualified names of the ``*_backward`` functions this entry exercises.
+    """
+
+    name: str
+    forward: Callable
+    backward: Callable
+    make_inputs: Callable[[np.random.Generator], dict]
+    covers: tuple[str, ...]
+    wrt: tuple[str, ...] | None = None
+    tol: float = 1e-6
+    eps: float = 1e-6
+    max_entries: int | None = None
+    note: str = field(default="", compare=False)
+
+    def run(self, rng: np.random.Generator) -> GradcheckResult:
+        return gradcheck(self.forward, self.backward, self.make_inputs(rng), wrt=self.wrt,
+                         eps=self.eps, tol=self.tol, rng=rng, max_entries=self.max_entries)
+
+
+def package_modules() -> list[str]:
+    """Names of every module in the package except the CLI and the experiments."""
+    import scratch_transformers as pkg
+
+    names = []
+    for info in pkgutil.walk_packages(pkg.__path__, prefix="scratch_transformers."):
+        if not info.name.startswith(_SKIP_PREFIXES):
+            names.append(info.name)
+    return sorted(names)
+
+
+def all_ops() -> list[Op]:
+    """Every registered Op, in module order."""
+    ops: list[Op] = []
+    for name in package_modules():
+        module = importlib.import_module(name)
+        ops.extend(getattr(module, "GRADCHECKS", []))
+    return ops
+
+
+def public_backward_functions() -> list[str]:
+    """Qualified names of every public function named ``*_backward`` defined in the package."""
+    found = []
+    for name in package_modules():
+        module = importlib.import_module(name)
+        for attr, obj in vars(module).items():
+            if (attr.endswith("_backward") and not attr.startswith("_") and inspect.isfunction(obj)
+                    and obj.__module__ == module.__name__):
+                found.append(f"{module.__name__}.{attr}")
+    return sorted(found)

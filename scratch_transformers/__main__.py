@@ -1,0 +1,186 @@
+"""Command line: ``python -m scratch_transformers {tour, check, experiment, bench, list}``.
+
+    tour                      every method's quick experiment; figures + report.md in --out
+    check                     gradient check of every registered forward/backward pair (float64)
+    experiment NAME           one experiment (--size quick|full)
+    bench NAME [ARGS...]      one benchmark from benchmarks/bench_NAME.py (ratios measured in one run)
+    list                      what exists: experiments, benchmarks, registered ops
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .experiments import TOUR
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def available_experiments() -> list[str]:
+    """Experiments in tour order whose module exists."""
+    return [n for n in TOUR if importlib.util.find_spec(f"scratch_transformers.experiments.{n}") is not None]
+
+
+def available_benchmarks() -> list[str]:
+    if not BENCH_DIR.is_dir():
+        return []
+    return sorted(p.stem[len("bench_"):] for p in BENCH_DIR.glob("bench_*.py"))
+
+
+def run_experiment(name: str, size: str, seed: int, out_dir: Path):
+    module = importlib.import_module(f"scratch_transformers.experiments.{name}")
+    rng = np.random.default_rng(seed)
+    return module.run(size=size, rng=rng, out_dir=Path(out_dir) / name)
+
+
+def write_report(results, out_dir: Path, size: str, seed: int, elapsed: dict, failures: dict) -> Path:
+    """report.md: the summary table, then each experiment's summary with its figures."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# scratch_transformers tour (size={size}, seed={seed})", "",
+             "| experiment | seconds | status |", "|---|---|---|"]
+    for name in elapsed:
+        status = "FAILED: " + failures[name].splitlines()[-1] if name in failures else "ok"
+        lines.append(f"| {name} | {elapsed[name]:.1f} | {status} |")
+    for res in results:
+        lines += ["", f"## {res.title}", "", res.summary.strip(), ""]
+        for fig in res.figures:
+            rel = Path(fig).resolve().relative_to(out_dir.resolve()) if Path(fig).resolve().is_relative_to(out_dir.resolve()) else fig
+            lines.append(f"![{Path(fig).stem}]({rel})")
+    path = out_dir / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def cmd_tour(args) -> int:
+    import traceback
+
+    names = available_experiments()
+    missing = [n for n in TOUR if n not in names]
+    if missing:
+        print(f"note: experiments not present in this build: {', '.join(missing)}")
+    results, elapsed, failures = [], {}, {}
+    for i, name in enumerate(names):
+        print(f"\n=== [{i + 1}/{len(names)}] {name} ===", flush=True)
+        t0 = time.perf_counter()
+        try:
+            res = run_experiment(name, args.size, args.seed, args.out)
+            results.append(res)
+            print(res.summary.strip())
+        except Exception:  # report and go on: one broken experiment must not hide the others
+            failures[name] = traceback.format_exc()
+            print(failures[name], file=sys.stderr)
+        elapsed[name] = time.perf_counter() - t0
+    report = write_report(results, Path(args.out), args.size, args.seed, elapsed, failures)
+    print("\n=== summary ===")
+    for name, sec in elapsed.items():
+        print(f"{name:<12} {sec:7.1f} s  {'FAILED' if name in failures else 'ok'}")
+    print(f"total        {sum(elapsed.values()):7.1f} s\nreport: {report}")
+    return 1 if failures else 0
+
+
+def cmd_experiment(args) -> int:
+    if args.name not in available_experiments():
+        print(f"unknown experiment {args.name!r}; available: {', '.join(available_experiments())}", file=sys.stderr)
+        return 2
+    res = run_experiment(args.name, args.size, args.seed, args.out)
+    print(res.summary.strip())
+    for fig in res.figures:
+        print(f"figure: {fig}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .core.registry import all_ops
+
+    ops = [op for op in all_ops() if args.only is None or args.only in op.name]
+    rng = np.random.default_rng(args.seed)
+    print(f"{'op':<40} {'max rel err':>12} {'tol':>8}  result")
+    n_fail = 0
+    for op in ops:
+        res = op.run(rng)
+        ok = res.passed
+        n_fail += not ok
+        print(f"{op.name:<40} {res.max_rel_error:12.2e} {res.tol:8.0e}  {'pass' if ok else 'FAIL'}", flush=True)
+        if not ok:
+            print(str(res))
+    print(f"{len(ops) - n_fail} passed, {n_fail} failed")
+    return 1 if n_fail else 0
+
+
+def cmd_bench(args) -> int:
+    if args.name not in available_benchmarks():
+        where = f" in {BENCH_DIR}" if BENCH_DIR.is_dir() else f" ({BENCH_DIR} not found: benchmarks need a source checkout)"
+        print(f"unknown benchmark {args.name!r}{where}; available: {', '.join(available_benchmarks())}", file=sys.stderr)
+        return 2
+    path = BENCH_DIR / f"bench_{args.name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{args.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(args.args)
+    return int(result or 0)
+
+
+def cmd_list(args) -> int:
+    from .core.registry import all_ops
+
+    print("experiments:", ", ".join(available_experiments()))
+    print("benchmarks: ", ", ".join(available_benchmarks()) or "(none found)")
+    print("registered forward/backward pairs:")
+    for op in all_ops():
+        print(f"  {op.name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    exps = ", ".join(available_experiments()) or "(none)"
+    benches = ", ".join(available_benchmarks()) or "(none)"
+    parser = argparse.ArgumentParser(
+        prog="python -m scratch_transformers",
+        description="From-scratch NumPy reference implementations of recent transformer methods.",
+        epilog=f"experiments: {exps}\nbenchmarks: {benches}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", type=Path, default=Path("out"), help="folder for figures and report.md (default: out)")
+    common.add_argument("--seed", type=int, default=0, help="seed of the numpy Generator (default: 0)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tour", parents=[common], help="every method's quick experiment, figures and report.md")
+    p.add_argument("--size", choices=("quick", "full"), default="quick")
+    p.set_defaults(func=cmd_tour)
+
+    p = sub.add_parser("check", parents=[common], help="gradient check of every registered forward/backward pair")
+    p.add_argument("--only", default=None, help="only ops whose name contains this text")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("experiment", parents=[common], help=f"one experiment: {exps}")
+    p.add_argument("name")
+    p.add_argument("--size", choices=("quick", "full"), default="quick")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("bench", help=f"one benchmark: {benches}")
+    p.add_argument("name")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark's main()")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("list", help="list experiments, benchmarks and registered ops")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""LoRA: the adapter pair, its init, merge/unmerge, subspace similarity, adapter files, and (when the
+model is available) adapting a transformer by weight name."""
+
+import os
+
+import numpy as np
+import pytest
+
+from scratch_transformers import lora
+from scratch_transformers.core.gradcheck import gradcheck
+from scratch_transformers.lora import (LoRAConfig, init_lora, lora_linear_backward, lora_linear_forward,
+                                       lora_scale, merge, unmerge)
+
+
+def _layer(rng, d_in=6, d_out=5, r=3, lead=(2, 4), random_b=True, dtype=np.float64):
+    x = rng.standard_normal((*lead, d_in)).astype(dtype)
+    w0 = rng.standard_normal((d_in, d_out)).astype(dtype)
+    b0 = rng.standard_normal(d_out).astype(dtype)
+    a, b = init_lora(rng, d_in, d_out, r, dtype=dtype)
+    if random_b:
+        b = rng.standard_normal((r, d_out)).astype(dtype)
+    return x, w0, b0, a, b
+
+
+# ---------------------------------------------------------------------------------------------- pair
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_gradcheck_lora_linear(rng, with_bias, dropout):
+    x, w0, b0, a, b = _layer(rng)
+    mask = rng.random(x.shape) >= 0.25 if dropout else None
+
+    def fwd(x, a, b):
+        return lora_linear_forward(x, w0, b0 if with_bias else None, a, b, scale=1.7,
+                                   dropout_p=0.25 if dropout else 0.0, dropout_mask=mask)
+
+    res = gradcheck(fwd, lora_linear_backward, {"x": x, "a": a, "b": b}, tol=1e-7, rng=rng)
+    res.assert_ok()
+
+
+def test_forward_matches_the_unbatched_paper_formula(rng):
+    """Row by row, h = W0 x + b0 + s B A x in the paper's column layout (W0 = w0^T, A = a^T, B = b^T)."""
+    x, w0, b0, a, b = _layer(rng)
+    s = 0.6
+    y, _ = lora_linear_forward(x, w0, b0, a, b, scale=s)
+    W0, A, B = w0.T, a.T, b.T
+    for idx in np.ndindex(x.shape[:-1]):
+        col = x[idx]
+        np.testing.assert_allclose(y[idx], W0 @ col + b0 + s * (B @ (A @ col)), rtol=1e-13, atol=1e-13)
+
+
+def test_at_init_output_is_exactly_the_base_layer_and_dA_is_zero(rng):
+    x, w0, b0, _, _ = _layer(rng)
+    a, b = init_lora(rng, 6, 5, 3)
+    assert not np.any(b)
+    y, cache = lora_linear_forward(x, w0, b0, a, b, scale=2.0)
+    np.testing.assert_array_equal(y, x @ w0 + b0)
+    dy = rng.standard_normal(y.shape)
+    dx, da, db = lora_linear_backward(dy, cache)
+    assert np.all(da == 0.0)                     # B = 0 blocks A's gradient on step 0
+    assert np.linalg.norm(db) > 0.1              # ... while B's is s (xA)^T dy != 0
+    np.testing.assert_allclose(dx, dy @ w0.T, rtol=0, atol=0)
+
+
+def test_backward_is_pure(rng):
+    x, w0, b0, a, b = _layer(rng)
+    _, cache = lora_linear_forward(x, w0, b0, a, b, scale=0.5)
+    dy = rng.standard_normal((2, 4, 5))
+    for g1, g2 in zip(lora_linear_backward(dy, cache), lora_linear_backward(dy, cache)):
+        np.testing.assert_array_equal(g1, g2)
+
+
+def test_dropout_only_on_the_lora_branch_and_off_in_eval(rng):
+    x, w0, b0, a, b = _layer(rng, lead=(50, 20))
+    y_eval, c = lora_linear_forward(x, w0, b0, a, b, scale=1.0, dropout_p=0.5, rng=rng, training=False)
+    y_plain, _ = lora_linear_forward(x, w0, b0, a, b, scale=1.0)
+    np.testing.assert_array_equal(y_eval, y_plain)
+    assert c.keep is None
+    y_tr, c = lora_linear_forward(x, w0, b0, a, b, scale=1.0, dropout_p=0.5, rng=rng, training=True)
+    assert 0.45 < c.keep.mean() < 0.55
+    keep = c.keep.reshape(x.shape)
+    ref = x @ w0 + b0 + ((x * keep / 0.5) @ a) @ b        # base path sees undropped x
+    np.testing.assert_allclose(y_tr, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_in_float32_out(rng):
+    x, w0, b0, a, b = _layer(rng, dtype=np.float32)
+    y, cache = lora_linear_forward(x, w0, b0, a, b, scale=0.5)
+    assert y.dtype == np.float32
+    grads = lora_linear_backward(np.ones_like(y), cache)
+    assert all(g.dtype == np.float32 for g in grads)
+    x64, w64, b64, a64, bb64 = (t.astype(np.float64) for t in (x, w0, b0, a, b))
+    y64, _ = lora_linear_forward(x64, w64, b64, a64, bb64, scale=0.5)
+    np.testing.assert_allclose(y, y64, rtol=1e-5, atol=1e-5)
+
+
+def test_scales():
+    assert lora_scale(16, 4) == 4.0
+    assert lora_scale(16, 4, rslora=True) == 8.0
+    assert LoRAConfig(r=64).scale == 1.0                       # alpha defaults to r
+    assert LoRAConfig(r=64, alpha=64, rslora=True).scale == 8.0   # sheet pitfall 4: 1 -> 8
+
+
+def test_init_distributions(rng):
+    d_in = 400
+    a, b = init_lora(rng, d_in, 30, 50)
+    assert a.shape == (d_in, 50) and b.shape == (50, 30) and not np.any(b)
+    assert np.max(np.abs(a)) <= 1 / np.sqrt(d_in)
+    np.testing.assert_allclose(a.var(), 1 / (3 * d_in), rtol=0.05)    # U(-c, c): var c^2/3
+    a, _ = init_lora(rng, d_in, 30, 50, init="gaussian")
+    np.testing.assert_allclose(a.std(), 1 / 50, rtol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------- merge
+
+def test_merged_equals_unmerged_and_unmerge_restores(rng):
+    x, w0, b0, a, b = _layer(rng, d_in=32, d_out=24, r=4, lead=(3, 7))
+    b = b * 0.1
+    s = lora_scale(8, 4)
+    y, _ = lora_linear_forward(x, w0, b0, a, b, scale=s)
+    w = merge(w0, a, b, s)
+    np.testing.assert_allclose(x @ w + b0, y, rtol=0, atol=1e-12)
+    w0_back = unmerge(w, a, b, s)
+    assert np.linalg.norm(w0_back - w0) / np.linalg.norm(w0) <= 1e-15
+    assert np.max(np.abs(w0_back - w0) / np.abs(w0)) < 1e-13
+    assert not np.shares_memory(w, w0)
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+
+def test_bad_inputs_raise_value_error(rng):
+    x, w0, b0, a, b = _layer(rng)
+    bad = [
+        dict(x=x[..., :5]),                               # wrong d_in
+        dict(w0=w0.astype(np.float32)),                   # mixed dtypes
+        dict(x=np.ones((2, 6), dtype=np.int64)),          # integer x
+        dict(b0=b0[:3]),
+        dict(a=a[:4]),
+        dict(b=b[:, :4]),
+        dict(b=b[:2]),                                    # rank mismatch
+        dict(a=np.zeros((6, 0)), b=np.zeros((0, 5))),     # r = 0
+    ]
+    for kw in bad:
+        args = dict(x=x, w0=w0, b0=b0, a=a, b=b)
+        args.update(kw)
+        with pytest.raises(ValueError):
+            lora_linear_forward(args["x"], args["w0"], args["b0"], args["a"], args["b"], scale=1.0)
+    with pytest.raises(ValueError, match="dropout_p"):
+        lora_linear_forward(x, w0, b0, a, b, scale=1.0, dropout_p=1.0)
+    with pytest.raises(ValueError, match="rng"):
+        lora_linear_forward(x, w0, b0, a, b, scale=1.0, dropout_p=0.1)
+    with pytest.raises(ValueError, match="scale"):
+        lora_linear_forward(x, w0, b0, a, b, scale=float("nan"))
+    _, cache = lora_linear_forward(x, w0, b0, a, b, scale=1.0)
+    with pytest.raises(ValueError, match="dy"):
+        lora_linear_backward(np.ones((2, 4, 4)), cache)
+    with pytest.raises(ValueError, match="init"):
+        init_lora(rng, 4, 4, 2, init="orthogonal")
+    with pytest.raises(ValueError, match="r"):
+        init_lora(rng, 4, 4, 0)
+    with pytest.raises(ValueError, match="rng"):
+        init_lora(0, 4, 4, 2)
+    with pytest.raises(ValueError):
+        merge(w0, a[:, :2], b, 1.0)
+    with pytest.raises(ValueError, match="r"):
+        LoRAConfig(r=0)
+    with pytest.raises(ValueError, match="targets"):
+        LoRAConfig(targets="attn.wq")
+    with pytest.raises(ValueError, match="init"):
+        LoRAConfig(init="pissa")
+
+
+# ---------------------------------------------------------------------------------------------- similarity
+
+def test_subspace_similarity_properties(rng):
+    a8 = rng.standard_normal((40, 8))
+    phi = lora.subspace_similarity(a8, a8)
+    np.testing.assert_allclose(np.diag(phi), 1.0, atol=1e-12)           # same subspace, same order
+    # a64 whose column space contains a8's: the overlap with all of a8's directions is complete
+    a64 = np.concatenate([a8 @ rng.standard_normal((8, 8)), rng.standard_normal((40, 24))], axis=1)
+    phi = lora.subspace_similarity(a8, a64)
+    assert phi.shape == (8, 32)
+    np.testing.assert_allclose(phi[7, 31], 1.0, atol=1e-12)
+    assert np.all(phi >= -1e-12) and np.all(phi <= 1 + 1e-12)
+    # one entry against a direct evaluation of eq. (4)
+    u1 = np.linalg.svd(a8)[0][:, :3]
+    u2 = np.linalg.svd(a64)[0][:, :5]
+    np.testing.assert_allclose(phi[2, 4], np.sum((u1.T @ u2) ** 2) / 3, rtol=1e-12)
+
+
+def test_subspace_similarity_random_baseline(rng):
+    """Independent random subspaces: E[phi(i, j)] = max(i, j) / d (sheet §5)."""
+    d = 30
+    phis = np.mean([lora.subspace_similarity(rng.standard_normal((d, 4)), rng.standard_normal((d, 6)))
+                    for _ in range(300)], axis=0)
+    i, j = np.meshgrid(np.arange(1, 5), np.arange(1, 7), indexing="ij")
+    np.testing.assert_allclose(phis, np.maximum(i, j) / d, rtol=0.15)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def _toy_params(rng):
+    p = {}
+    for l in range(2):
+        for n in ("wq", "wk", "wv", "wo"):
+            p[f"blocks.{l}.attn.{n}"] = rng.standard_normal((16, 16))
+            p[f"blocks.{l}.attn.b{n[1]}"] = rng.standard_normal(16)
+        p[f"blocks.{l}.mlp.w1"] = rng.standard_normal((16, 64))
+    p["embed"] = rng.standard_normal((50, 16))
+    return p
+
+
+def test_find_targets_default_is_wq_wv_of_every_layer(rng):
+    p = _toy_params(rng)
+    assert lora.find_targets(p) == ["blocks.0.attn.wq", "blocks.0.attn.wv", "blocks.1.attn.wq", "blocks.1.attn.wv"]
+    assert lora.find_targets(p, ("blocks.1.attn.w?",)) == [f"blocks.1.attn.w{c}" for c in "koqv"]
+    assert lora.bias_name("blocks.0.attn.wq", p) == "blocks.0.attn.bq"
+    with pytest.raises(ValueError, match="targets"):
+        lora.find_targets(p, ("attn.wz",))
+    with pytest.raises(ValueError, match="2-d"):
+        lora.find_targets(p, ("attn.bq",))
+
+
+def test_save_load_roundtrip_and_apply(rng, tmp_path):
+    p = _toy_params(rng)
+    cfg = LoRAConfig(r=2, alpha=4.0, rslora=True)
+    ad = lora.init_adapters(p, cfg, rng)
+    ad = {k: v + rng.standard_normal(v.shape) for k, v in ad.items()}      # pretend-trained
+    assert lora.n_params(ad) == 4 * 2 * (16 + 16)                           # r (d_in + d_out) per matrix
+    path = lora.save_adapters(tmp_path / "sub" / "adapter.npz", ad, cfg)
+    assert sorted(os.listdir(path.parent)) == ["adapter.npz"]              # no temp file left behind
+    with np.load(path, allow_pickle=False) as f:
+        assert sorted(k for k in f.files if k != "__lora_config__") == sorted(ad)
+    ad2, cfg2 = lora.load_adapters(path)
+    assert cfg2 == cfg
+    for k in ad:
+        np.testing.assert_array_equal(ad2[k], ad[k])
+    merged = lora.apply_adapters(p, ad2, cfg2)
+    w = p["blocks.1.attn.wv"] + cfg.scale * ad["blocks.1.attn.wv.lora_A"] @ ad["blocks.1.attn.wv.lora_B"]
+    np.testing.assert_allclose(merged["blocks.1.attn.wv"], w, rtol=1e-14, atol=1e-14)
+    assert merged["blocks.0.attn.wk"] is p["blocks.0.attn.wk"]
+    back = lora.unmerge_adapters(merged, ad2, cfg2)
+    for k in p:
+        np.testing.assert_allclose(back[k], p[k], rtol=0, atol=1e-14)
+    bad = dict(ad2)
+    bad["blocks.0.attn.wq.lora_A"] = bad["blocks.0.attn.wq.lora_A"][:, :1]
+    with pytest.raises(ValueError):
+        lora.apply_adapters(p, bad, cfg2)
+    with pytest.raises(ValueError, match="lora_B"):
+        lora.apply_adapters(p, {"blocks.0.attn.wq.lora_A": ad["blocks.0.attn.wq.lora_A"]}, cfg2)
+    np.savez(tmp_path / "plain.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="path"):
+        lora.load_adapters(tmp_path / "plain.npz")

@@ -251,3 +251,140 @@ def test_save_load_roundtrip_and_apply(rng, tmp_path):
     np.savez(tmp_path / "plain.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="path"):
         lora.load_adapters(tmp_path / "plain.npz")
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+def _model(rng, n_layers=2, d=16, vocab=11, T=7):
+    from scratch_transformers.models import transformer as tf
+
+    config = tf.TransformerConfig(vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=2, max_len=T)
+    params = tf.init_params(config, rng)
+    x = rng.integers(0, vocab, size=(3, T))
+    y = rng.integers(0, vocab, size=(3, T))
+    return tf, config, params, x, y
+
+
+def _trained_adapters(params, cfg, rng):
+    """Adapters with b != 0 (as after some training), so every gradient path is exercised."""
+    ad = lora.init_adapters(params, cfg, rng)
+    return {k: (v + 0.3 * rng.standard_normal(v.shape) if k.endswith("lora_B") else v) for k, v in ad.items()}
+
+
+def test_adapted_model_at_init_equals_base_exactly(rng):
+    tf, config, params, x, _ = _model(rng)
+    cfg = LoRAConfig(r=4, alpha=16.0)
+    ad = lora.init_adapters(params, cfg, rng)
+    lin = lora.make_linears(params, ad, cfg)
+    assert sorted(lin) == ["blocks.0.attn.wq", "blocks.0.attn.wv", "blocks.1.attn.wq", "blocks.1.attn.wv"]
+    base_logits, _ = tf.forward(params, config, x)
+    lora_logits, _ = tf.forward({**params, **ad}, config, x, linears=lin)
+    np.testing.assert_array_equal(lora_logits, base_logits)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_adapter_grads_equal_merged_weight_grads(rng, rslora):
+    """dA = s dW B^T and dB = s A^T dW, dW the plain model's gradient at W = W0 + s A B (1e-12)."""
+    tf, config, params, x, y = _model(rng)
+    cfg = LoRAConfig(r=3, alpha=5.0, rslora=rslora, targets=("attn.wq", "attn.wv", "blocks.1.attn.wo"))
+    ad = _trained_adapters(params, cfg, rng)
+    lin = lora.make_linears(params, ad, cfg)
+    loss_a, grads_a = lora.adapter_loss_and_grads(tf.loss_and_grads, params, lin)(ad, config, x, y)
+    assert sorted(grads_a) == sorted(ad)
+    merged = lora.merge_adapters(params, ad, cfg)
+    loss_m, grads_m = tf.loss_and_grads(merged, config, x, y)
+    np.testing.assert_allclose(loss_a, loss_m, rtol=1e-12)
+    s = cfg.scale
+    for name in lora.adapted_names(ad):
+        ka, kb = lora.adapter_keys(name)
+        dw = grads_m[name]
+        np.testing.assert_allclose(grads_a[ka], s * dw @ ad[kb].T, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grads_a[kb], s * ad[ka].T @ dw, rtol=1e-12, atol=1e-12)
+    # the other parameters' gradients are those of the merged model too
+    _, full_grads = tf.loss_and_grads({**params, **ad}, config, x, y, linears=lin)
+    for k in params:
+        if k in lin:
+            assert k not in full_grads                       # frozen W0: no gradient formed
+        else:
+            np.testing.assert_allclose(full_grads[k], grads_m[k], rtol=1e-10, atol=1e-12)
+
+
+def test_adapted_model_gradcheck(rng):
+    """Central differences of the whole adapted model's loss w.r.t. one adapter pair (float64)."""
+    tf, config, params, x, y = _model(rng, n_layers=1, d=8, T=4)
+    cfg = LoRAConfig(r=2)
+    ad = _trained_adapters(params, cfg, rng)
+    lin = lora.make_linears(params, ad, cfg)
+    ka, kb = lora.adapter_keys("blocks.0.attn.wv")
+
+    def fwd(a, b):
+        loss, grads = tf.loss_and_grads({**params, **ad, ka: a, kb: b}, config, x, y, linears=lin)
+        return np.array(loss), grads
+
+    res = gradcheck(fwd, lambda dl, grads: {"a": float(dl) * grads[ka], "b": float(dl) * grads[kb]},
+                    {"a": ad[ka].copy(), "b": ad[kb].copy()}, tol=1e-6, rng=rng)
+    res.assert_ok()
+
+
+def test_training_adapters_leaves_the_base_untouched(rng):
+    from scratch_transformers.core import optim, train
+
+    tf, config, params, x, y = _model(rng)
+    frozen = {k: v.copy() for k, v in params.items()}
+    cfg = LoRAConfig(r=2, alpha=4.0)
+    ad = lora.init_adapters(params, cfg, rng)
+    lin = lora.make_linears(params, ad, cfg)
+    lg = lora.adapter_loss_and_grads(tf.loss_and_grads, params, lin)
+    opt = optim.AdamW(lr=1e-2, weight_decay=0.0)
+    hist = train.train(lambda p, batch, r: lg(p, config, *batch), ad, opt, lambda r, step: (x, y),
+                       steps=40, rng=rng, progress=False)
+    assert hist.losses[-1] < hist.losses[0] - 0.1
+    for k in params:
+        np.testing.assert_array_equal(params[k], frozen[k])
+    moments = [k.split("/", 1)[1] for k in opt.state_dict() if k.startswith("exp_avg/")]
+    assert sorted(moments) == sorted(ad)                              # optimizer state for adapters only
+
+
+def test_counts_and_files_with_a_base_checkpoint(rng, tmp_path, capsys):
+    from scratch_transformers.core import optim, train
+
+    tf, config, params, x, _ = _model(rng, n_layers=2, d=32, vocab=50)
+    cfg = LoRAConfig(r=4)
+    ad = _trained_adapters(params, cfg, rng)
+    lin = lora.make_linears(params, ad, cfg)
+    n_lora, n_base = lora.n_params(ad), lora.n_params(params)
+    assert n_lora == 2 * 2 * cfg.r * (32 + 32)                        # L layers x {W_q, W_v} x r (d_in + d_out)
+    ckpt = tmp_path / "base.npz"
+    train.save_checkpoint(ckpt, params, optim.AdamW(), 0, rng, train.History())
+    apath = lora.save_adapters(tmp_path / "adapter.npz", ad, cfg)
+    a_bytes, b_bytes = apath.stat().st_size, ckpt.stat().st_size
+    print(f"trainable {n_lora} of {n_base} params ({100 * n_lora / n_base:.2f}%); "
+          f"adapter file {a_bytes} B vs base checkpoint {b_bytes} B")
+    assert "trainable" in capsys.readouterr().out
+    assert a_bytes < b_bytes / 4
+    base = train.load_checkpoint(ckpt).params
+    ad2, cfg2 = lora.load_adapters(apath)
+    merged = lora.apply_adapters(base, ad2, cfg2)
+    want, _ = tf.forward({**params, **ad}, config, x, linears=lin)
+    got, _ = tf.forward(merged, config, x)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="adapters"):
+        lora.apply_adapters({k: v for k, v in base.items() if k != "blocks.1.attn.wv"}, ad2, cfg2)
+
+
+def test_lora_linear_dropout_in_a_model(rng):
+    tf, config, params, x, _ = _model(rng)
+    cfg = LoRAConfig(r=2, dropout=0.5)
+    ad = _trained_adapters(params, cfg, rng)
+    lin = lora.make_linears(params, ad, cfg, rng=rng)
+    p = {**params, **ad}
+    train_a, _ = tf.forward(p, config, x, linears=lin)
+    train_b, _ = tf.forward(p, config, x, linears=lin)
+    assert np.max(np.abs(train_a - train_b)) > 1e-6                  # fresh masks each call
+    for l in lin.values():
+        l.training = False
+    eval_logits, _ = tf.forward(p, config, x, linears=lin)
+    merged, _ = tf.forward(lora.merge_adapters(params, ad, cfg), config, x)
+    np.testing.assert_allclose(eval_logits, merged, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="rng"):
+        lora.make_linears(params, ad, cfg)

@@ -132,6 +132,20 @@ def test_softmax_rows_are_distributions(x):
     assert np.all(ls <= 0) and np.all(np.isfinite(ls))
 
 
+huge = st.floats(min_value=-1e308, max_value=1e308, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=2, max_side=5), elements=huge))
+def test_softmax_rows_are_distributions_over_the_whole_float_range(x):
+    with np.errstate(over="ignore"):   # x - max may overflow to -inf: exp(-inf) = 0 is then exact
+        y = F.softmax(x)
+        ls = F.log_softmax(x)
+    assert np.all((y >= 0) & (y <= 1))
+    np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-12)
+    assert not np.any(np.isnan(ls)) and np.all(ls <= 0)
+
+
 @settings(max_examples=40, deadline=None)
 @given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=2, max_side=6), elements=finite))
 def test_elementwise_shapes_and_bounds(x):

@@ -1,0 +1,613 @@
+"""FlashAttention: exact attention in tiles, never materialising the N x N score matrix (numba).
+
+Two forwards and one backward, each a numba loop nest that reads beside the paper's algorithm:
+
+- ``flash_attention_forward``: FlashAttention-2 loop order (FA-2 Algorithm 1): outer loop over query
+  blocks Q_i (each one independent work for ``prange``), inner loop over key/value blocks K_j, V_j,
+  running row max m and row sum l, rescaling of the unnormalised accumulator, one division at the
+  end, and the row log-sum-exp L = m + log(l) saved for the backward. With the scale tau, masking,
+  bias and dropout of FA-1 Algorithm 2 (App. B.3).
+- ``flash_attention_fa1_forward``: FA-1 Algorithm 1 as printed (outer loop over K_j, V_j; O_i, l_i,
+  m_i read from and written back to "HBM" on every inner step), with Algorithm 2's extras. Tested
+  equal to the FA-2 kernel; it returns the paper's (O, l, m).
+- ``flash_attention_backward``: recomputation from L (FA-2 Algorithm 2 / FA-1 Algorithm 4):
+  D = rowsum(dO o O), then per tile P = exp(S - L), dV += P^T dO, dP = dO V^T, dS = P o (dP - D),
+  dQ += tau dS K, dK += tau dS^T Q (and dbias += dS). No N x N array is ever allocated (unless the
+  bias itself is a full (.., Nq, Nk) matrix: then its gradient is one, inherently).
+
+Glossary (code -> paper, see derivations/flashattention.md and the paper sheet §1):
+
+    q, k, v, out        Q, K, V, O         (B, H, N, d); row i is q_i
+    scale               tau                softmax scale, default 1/sqrt(d)
+    block_q, block_k    B_r, B_c           tile rows of Q and of K/V; T_r, T_c = ceil(N / B)
+    s                   S_ij               score tile tau Q_i K_j^T + bias, -inf where masked
+    m, l                m_i, l_i           running row max and row sum of exp(S - m)
+    acc                 O~_i (FA-2)        unnormalised output accumulator
+    lse                 L_i (FA-2)         m + log(l); -inf for a row that sees no key
+    d_row               D_i                rowsum(dO_i o O_i), FA-1 eq. (4)
+
+Dtypes: every tile, accumulator and statistic is computed in the input dtype (float32 inputs give
+float32 arithmetic throughout, like the float32 accumulators of the CUDA kernels; float64 inputs
+agree with the materialised reference to ~1e-15).
+
+Masking (as in ``attention.reference``): causal ``top_left`` lets query i see key j iff j <= i,
+``bottom_right`` iff j <= i + Nk - Nq; key blocks that lie entirely above the diagonal are skipped,
+not masked (FA-2 §3.1.1). ``key_padding_mask`` (B, Nk), True = padded key. A row that sees no key
+gets out = 0 and lse = -inf, and no NaN anywhere.
+
+Dropout (FA-1 Alg. 2 line 14, Alg. 4 line 14): counter-based, so nothing is stored. Entry
+(b, h, i, j) of call seed s is kept iff u >= p, where u = top 53 bits of splitmix64 output number
+((b*H + h)*Nq + i)*Nk + j of the stream seeded by s, divided by 2^53. The backward regenerates the
+same keep-mask from (s, b, h, i, j); ``flash_dropout_mask`` materialises it for tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ..core import validate
+from ..core.registry import Op
+
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+_NO_CAUSAL = np.iinfo(np.int64).max // 4   # "allowed iff j <= i + offset" with an offset no j reaches
+
+# splitmix64 constants (Steele, Lea & Flood 2014; the generator behind Java's SplittableRandom)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+_ONE = np.uint64(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Counter-based dropout
+
+@njit(cache=True)
+def _keep(seed, counter, threshold):
+    """True iff dropout keeps the entry with this counter: splitmix64(seed, counter) >> 11 >= threshold."""
+    z = seed + (np.uint64(counter) + _ONE) * _GOLDEN
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    z = z ^ (z >> _S31)
+    return (z >> _S11) >= threshold
+
+
+def _dropout_threshold(p: float) -> np.uint64:
+    """Keep iff top-53-bit uniform integer >= ceil(p * 2^53): keep probability 1 - p (to 2^-53)."""
+    return np.uint64(math.ceil(p * 2.0 ** 53))
+
+
+def _seed64(seed: int) -> np.uint64:
+    return np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF)
+
+
+@njit(cache=True, parallel=True)
+def _dropout_mask_kernel(seed, threshold, keep):
+    n_b, n_h, n_q, n_k = keep.shape
+    for bh in prange(n_b * n_h):
+        b, h = bh // n_h, bh % n_h
+        for i in range(n_q):
+            base = ((b * n_h + h) * n_q + i) * n_k
+            for j in range(n_k):
+                keep[b, h, i, j] = _keep(seed, base + j, threshold)
+
+
+def flash_dropout_mask(seed, shape, dropout_p):
+    """The boolean keep-mask (B, H, Nq, Nk) that flash attention with this seed and p applies.
+
+    Materialised only for testing (e.g. as ``dropout_mask`` of ``attention.reference``); the
+    kernels regenerate each entry from (seed, b, h, i, j) instead.
+    """
+    seed = validate.integer(seed, "seed")
+    if not (isinstance(shape, tuple) and len(shape) == 4 and all(isinstance(s, int) and s >= 1 for s in shape)):
+        validate.fail("shape", "a tuple (B, H, Nq, Nk) of positive ints", repr(shape))
+    dropout_p = validate.probability(dropout_p, "dropout_p")
+    keep = np.empty(shape, dtype=np.bool_)
+    with np.errstate(over="ignore"):
+        _dropout_mask_kernel(_seed64(seed), _dropout_threshold(dropout_p), keep)
+    return keep
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared tile helpers (all loops over d innermost and contiguous, so LLVM vectorises them
+# without fastmath: each is an element-wise axpy, never a floating-point reduction).
+
+@njit(cache=True)
+def _score_tile(q_t, kt_t, br, bc, d, s):
+    """s[:br, :bc] = q_t[:br] @ kt_t[:, :bc]  (q_t already holds tau * Q_i; kt_t is K_j^T)."""
+    for r in range(br):
+        for c in range(bc):
+            s[r, c] = 0.0
+        for t in range(d):
+            a = q_t[r, t]
+            for c in range(bc):
+                s[r, c] += a * kt_t[t, c]
+
+
+@njit(cache=True)
+def _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm, need_causal):
+    """S^masked = MASK(S + bias): add the bias, put -inf at padded keys and above the diagonal."""
+    for r in range(br):
+        i = r0 + r
+        if has_bias:
+            for c in range(bc):
+                s[r, c] += bias[b, h, i, c0 + c]
+        if has_kpm:
+            for c in range(bc):
+                if kpm[b, c0 + c]:
+                    s[r, c] = -np.inf
+        if need_causal:
+            for c in range(max(0, i + offset + 1 - c0), bc):      # keys j > i + offset
+                s[r, c] = -np.inf
+
+
+# ----------------------------------------------------------------------------------------------
+# FA-2 forward
+
+@njit(cache=True, parallel=True)
+def _fa2_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, seed, threshold,
+                        inv_keep, has_dropout, block_q, block_k, n_workers, out, lse):
+    n_b, n_h, n_q, d = q.shape
+    n_k, d_v = k.shape[2], v.shape[3]
+    t_r = (n_q + block_q - 1) // block_q
+    n_items = n_b * n_h * t_r
+    for w in prange(n_workers):                                  # FA-2 §3.2: workers own row blocks
+        q_t = np.empty((block_q, d), q.dtype)                    # "SRAM" of this worker
+        kt_t = np.empty((d, block_k), q.dtype)
+        v_t = np.empty((block_k, d_v), q.dtype)
+        s = np.empty((block_q, block_k), q.dtype)
+        acc = np.empty((block_q, d_v), q.dtype)
+        m = np.empty(block_q, q.dtype)
+        l = np.empty(block_q, q.dtype)
+        for item in range(w, n_items, n_workers):               # round robin: balanced under causal
+            b = item // (n_h * t_r)
+            h = (item // t_r) % n_h
+            r0 = (item % t_r) * block_q                          # line 3: for i in 1..T_r
+            br = min(block_q, n_q - r0)
+            for r in range(br):                                  # line 4: load Q_i (times tau)
+                for t in range(d):
+                    q_t[r, t] = q[b, h, r0 + r, t] * scale
+            for r in range(br):                                  # line 5: O~ = 0, l = 0, m = -inf
+                m[r] = -np.inf
+                l[r] = 0.0
+                for t in range(d_v):
+                    acc[r, t] = 0.0
+            last_key = min(n_k - 1, r0 + br - 1 + offset)        # causal: later key blocks skipped
+            for c0 in range(0, last_key + 1, block_k):           # line 6: for j in 1..T_c
+                bc = min(block_k, n_k - c0)
+                for c in range(bc):                              # line 7: load K_j (transposed), V_j
+                    for t in range(d):
+                        kt_t[t, c] = k[b, h, c0 + c, t]
+                    for t in range(d_v):
+                        v_t[c, t] = v[b, h, c0 + c, t]
+                _score_tile(q_t, kt_t, br, bc, d, s)             # line 8: S = tau Q_i K_j^T
+                _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm,
+                           c0 + bc - 1 > r0 + offset)            # only diagonal tiles need the mask
+                for r in range(br):
+                    m_new = m[r]                                 # line 9: m = max(m_old, rowmax S)
+                    for c in range(bc):
+                        m_new = max(m_new, s[r, c])
+                    if m_new == -np.inf:                         # row sees no key yet: nothing to add
+                        continue
+                    alpha = np.exp(m[r] - m_new)                 # e^{m_old - m_new} (0 if m_old = -inf)
+                    l[r] *= alpha
+                    for t in range(d_v):                         # line 10: diag(alpha) O~
+                        acc[r, t] *= alpha
+                    m[r] = m_new
+                    base = ((b * n_h + h) * n_q + r0 + r) * n_k + c0
+                    for c in range(bc):
+                        p = np.exp(s[r, c] - m_new)              # line 9: P~ = exp(S - m)
+                        l[r] += p                                # line 9: l += rowsum P~ (undropped)
+                        if has_dropout:                          # Alg. 2 line 14: P~ o Z
+                            p = p * inv_keep if _keep(seed, base + c, threshold) else 0.0
+                        if p != 0.0:
+                            for t in range(d_v):                 # line 10: + P~ V_j
+                                acc[r, t] += p * v_t[c, t]
+            for r in range(br):                                  # lines 12-15
+                if l[r] > 0.0:
+                    inv_l = 1.0 / l[r]
+                    for t in range(d_v):
+                        out[b, h, r0 + r, t] = acc[r, t] * inv_l  # line 12: O_i = diag(l)^-1 O~
+                    lse[b, h, r0 + r] = m[r] + np.log(l[r])      # line 13: L_i = m + log(l)
+                else:                                            # fully masked row
+                    for t in range(d_v):
+                        out[b, h, r0 + r, t] = 0.0
+                    lse[b, h, r0 + r] = -np.inf
+
+
+# ----------------------------------------------------------------------------------------------
+# FA-1 Algorithm 1 (as printed; with Algorithm 2's tau, mask and dropout)
+
+@njit(cache=True, parallel=True)
+def _fa1_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, seed, threshold,
+                        inv_keep, has_dropout, block_q, block_k, out, ell, m_hbm):
+    n_b, n_h, n_q, d = q.shape
+    n_k, d_v = k.shape[2], v.shape[3]
+    for bh in prange(n_b * n_h):                                 # FA-1: one worker per (batch, head)
+        b, h = bh // n_h, bh % n_h
+        for i in range(n_q):                                     # line 2: O = 0, l = 0, m = -inf in HBM
+            ell[b, h, i] = 0.0
+            m_hbm[b, h, i] = -np.inf
+            for t in range(d_v):
+                out[b, h, i, t] = 0.0
+        q_t = np.empty((block_q, d), q.dtype)
+        kt_t = np.empty((d, block_k), q.dtype)
+        v_t = np.empty((block_k, d_v), q.dtype)
+        s = np.empty((block_q, block_k), q.dtype)
+        for c0 in range(0, n_k, block_k):                        # line 5: for j in 1..T_c
+            bc = min(block_k, n_k - c0)
+            for c in range(bc):                                  # line 6: load K_j, V_j
+                for t in range(d):
+                    kt_t[t, c] = k[b, h, c0 + c, t]
+                for t in range(d_v):
+                    v_t[c, t] = v[b, h, c0 + c, t]
+            for r0 in range(0, n_q, block_q):                    # line 7: for i in 1..T_r
+                br = min(block_q, n_q - r0)
+                if c0 > r0 + br - 1 + offset:                    # tile above the diagonal: skip
+                    continue
+                for r in range(br):                              # line 8: load Q_i (l_i, m_i, O_i below)
+                    for t in range(d):
+                        q_t[r, t] = q[b, h, r0 + r, t] * scale
+                _score_tile(q_t, kt_t, br, bc, d, s)             # line 9: S_ij = tau Q_i K_j^T
+                _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm,
+                           c0 + bc - 1 > r0 + offset)            # Alg. 2 line 11: MASK
+                for r in range(br):
+                    i = r0 + r
+                    m_tilde = -np.inf                            # line 10: m~ = rowmax(S_ij)
+                    for c in range(bc):
+                        m_tilde = max(m_tilde, s[r, c])
+                    if m_tilde == -np.inf:                       # every key of this tile masked for row i
+                        continue
+                    l_tilde = 0.0
+                    for c in range(bc):                          # line 10: P~ = exp(S - m~), l~ = rowsum
+                        s[r, c] = np.exp(s[r, c] - m_tilde)
+                        l_tilde += s[r, c]
+                    m_i, l_i = m_hbm[b, h, i], ell[b, h, i]      # line 8: load l_i, m_i
+                    m_new = max(m_i, m_tilde)                    # line 11
+                    a_old = np.exp(m_i - m_new) * l_i            # diag(l_i) e^{m_i - m_new}
+                    a_new = np.exp(m_tilde - m_new)              # e^{m~ - m_new}
+                    l_new = a_old + a_new * l_tilde              # line 11: l_new
+                    base = ((b * n_h + h) * n_q + i) * n_k + c0
+                    for t in range(d_v):                         # line 12: O_i (read from HBM) ...
+                        o = a_old * out[b, h, i, t]
+                        pv = 0.0
+                        for c in range(bc):                      # ... + e^{m~ - m_new} P~ V_j
+                            p = s[r, c]
+                            if has_dropout:                      # Alg. 2 line 15: dropped P~
+                                p = p * inv_keep if _keep(seed, base + c, threshold) else 0.0
+                            pv += p * v_t[c, t]
+                        out[b, h, i, t] = (o + a_new * pv) / l_new   # line 12: diag(l_new)^-1 (...), write
+                    ell[b, h, i] = l_new                         # line 13: write l_i, m_i
+                    m_hbm[b, h, i] = m_new
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward (FA-2 Algorithm 2 / FA-1 Algorithm 4)
+
+@njit(cache=True, parallel=True)
+def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, has_bias, kpm, has_kpm, seed,
+                     threshold, inv_keep, has_dropout, block_q, block_k, n_workers, dq, dk, dv,
+                     dbias, bias_strides, per_worker_dbias):
+    n_b, n_h, n_q, d = q.shape
+    n_k, d_v = k.shape[2], v.shape[3]
+    sb, sh, si, sj = bias_strides                               # 1 on axes dbias keeps, 0 on broadcast axes
+    for w in prange(n_workers):                                 # worker w owns whole (b, h) pairs:
+        q_t = np.empty((block_q, d), q.dtype)                   # dQ's read-modify-write has no race
+        do_t = np.empty((block_q, d_v), q.dtype)
+        k_t = np.empty((block_k, d), q.dtype)
+        kt_t = np.empty((d, block_k), q.dtype)
+        vt_t = np.empty((d_v, block_k), q.dtype)
+        dk_t = np.empty((block_k, d), q.dtype)
+        dv_t = np.empty((block_k, d_v), q.dtype)
+        p = np.empty((block_q, block_k), q.dtype)
+        dp = np.empty((block_q, block_k), q.dtype)
+        wb = np.int64(w) if per_worker_dbias else np.int64(0)
+        for bh in range(w, n_b * n_h, n_workers):
+            b, h = bh // n_h, bh % n_h
+            for i in range(n_q):                                 # line 3: dQ = 0
+                for t in range(d):
+                    dq[b, h, i, t] = 0.0
+            for c0 in range(0, n_k, block_k):                   # line 5: for j in 1..T_c
+                bc = min(block_k, n_k - c0)
+                for c in range(bc):                             # line 6: load K_j, V_j
+                    for t in range(d):
+                        k_t[c, t] = k[b, h, c0 + c, t]
+                        kt_t[t, c] = k[b, h, c0 + c, t]
+                        dk_t[c, t] = 0.0                        # line 7: dK_j = dV_j = 0 on chip
+                    for t in range(d_v):
+                        vt_t[t, c] = v[b, h, c0 + c, t]
+                        dv_t[c, t] = 0.0
+                first_row = max(0, c0 - offset)                 # causal: earlier query blocks skipped
+                for r0 in range((first_row // block_q) * block_q, n_q, block_q):   # line 8: for i
+                    br = min(block_q, n_q - r0)
+                    for r in range(br):                         # line 9: load Q_i, dO_i (L_i, D_i)
+                        for t in range(d):
+                            q_t[r, t] = q[b, h, r0 + r, t] * scale
+                        for t in range(d_v):
+                            do_t[r, t] = dout[b, h, r0 + r, t]
+                    _score_tile(q_t, kt_t, br, bc, d, p)        # line 10: S = tau Q_i K_j^T
+                    _mask_tile(p, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm,
+                               c0 + bc - 1 > r0 + offset)
+                    _score_tile(do_t, vt_t, br, bc, d_v, dp)    # line 13: dP = dO_i V_j^T
+                    for r in range(br):
+                        i = r0 + r
+                        L = lse[b, h, i]
+                        base = ((b * n_h + h) * n_q + i) * n_k + c0
+                        for c in range(bc):
+                            if L == -np.inf:                    # fully masked row: P = 0
+                                p[r, c] = 0.0
+                            else:
+                                p[r, c] = np.exp(p[r, c] - L)   # line 11: P = exp(S - L)
+                            pd = p[r, c]
+                            if has_dropout:                     # Alg. 4 lines 14-15, 18: Z on P and dP
+                                if _keep(seed, base + c, threshold):
+                                    pd = pd * inv_keep
+                                    dp[r, c] *= inv_keep
+                                else:
+                                    pd = 0.0
+                                    dp[r, c] = 0.0
+                            if pd != 0.0:
+                                for t in range(d_v):            # line 12: dV_j += P^T dO_i
+                                    dv_t[c, t] += pd * do_t[r, t]
+                            ds = p[r, c] * (dp[r, c] - d_row[b, h, i])   # line 14: dS = P o (dP - D)
+                            if has_bias:
+                                dbias[wb, b * sb, h * sh, i * si, (c0 + c) * sj] += ds
+                            if ds != 0.0:
+                                for t in range(d):              # line 16: dK_j += dS^T (tau Q_i)
+                                    dk_t[c, t] += ds * q_t[r, t]
+                                dsk = ds * scale
+                                for t in range(d):              # line 15: dQ_i += tau dS K_j (HBM)
+                                    dq[b, h, i, t] += dsk * k_t[c, t]
+                for c in range(bc):                             # line 18: write dK_j, dV_j
+                    for t in range(d):
+                        dk[b, h, c0 + c, t] = dk_t[c, t]
+                    for t in range(d_v):
+                        dv[b, h, c0 + c, t] = dv_t[c, t]
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+class FlashCache(NamedTuple):
+    q: np.ndarray                 # (B, H, Nq, d)
+    k: np.ndarray                 # (B, H, Nk, d)
+    v: np.ndarray                 # (B, H, Nk, dv)
+    out: np.ndarray               # (B, H, Nq, dv)
+    lse: np.ndarray               # (B, H, Nq) L = m + log(l); -inf for a row that sees no key
+    scale: float                  # tau
+    offset: int                   # causal: query i sees key j iff j <= i + offset (huge if not causal)
+    bias: np.ndarray | None       # the bias as given (broadcastable to (B, H, Nq, Nk)) or None
+    key_padding_mask: np.ndarray | None   # (B, Nk) bool, True = padded key
+    dropout_p: float
+    dropout_seed: int             # the counter-based generator's seed (the whole "RNG state" R)
+    block_q: int                  # B_r
+    block_k: int                  # B_c
+
+
+def _n_workers(n_items: int) -> int:
+    return max(1, min(numba.get_num_threads(), n_items))
+
+
+def _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask,
+             dropout_seed, rng, block_q, block_k):
+    """Validate the options shared by both forwards; return the kernel arguments."""
+    q = validate.float_array(q, "q", ndim=4)
+    b, h, n_q, d = q.shape
+    if d < 1 or n_q < 1:
+        validate.fail("q", "Nq >= 1 and head dimension d >= 1", q.shape)
+    k = validate.array(k, "k", shape=(b, h, None, d), dtype=q.dtype)
+    n_k = k.shape[2]
+    if n_k < 1:
+        validate.fail("k", "at least one key (Nk >= 1)", k.shape)
+    v = validate.array(v, "v", shape=(b, h, n_k, None), dtype=q.dtype)
+    if v.shape[3] < 1:
+        validate.fail("v", "value dimension dv >= 1", v.shape)
+    scale = float(1.0 / np.sqrt(d)) if scale is None else validate.positive(scale, "scale")
+    if not isinstance(causal, (bool, np.bool_)):
+        validate.fail("causal", "a bool", repr(causal))
+    validate.option(causal_alignment, "causal_alignment", CAUSAL_ALIGNMENTS)
+    block_q = validate.positive_int(block_q, "block_q")
+    block_k = validate.positive_int(block_k, "block_k")
+    target = (b, h, n_q, n_k)
+    if bias is not None:
+        bias = validate.array(bias, "bias", dtype=q.dtype)
+        validate.broadcastable(bias, "bias", target)
+        if np.any(np.isnan(bias)) or np.any(bias == np.inf):
+            validate.fail("bias", "values without NaN or +inf (-inf masks)", "NaN or +inf")
+        bias4 = np.broadcast_to(bias.reshape((1,) * (4 - bias.ndim) + bias.shape), target)  # strided view
+    else:
+        bias4 = np.zeros((1, 1, 1, 1), q.dtype)
+    if key_padding_mask is not None:
+        key_padding_mask = validate.bool_array(key_padding_mask, "key_padding_mask", shape=(b, n_k))
+        kpm = np.ascontiguousarray(key_padding_mask)
+    else:
+        kpm = np.zeros((1, 1), dtype=np.bool_)
+    dropout_p = validate.probability(dropout_p, "dropout_p")
+    if dropout_mask is not None:
+        validate.fail("dropout_mask", "None (flash attention regenerates its mask from dropout_seed; "
+                      "flash_dropout_mask(seed, shape, p) materialises it)", "an array")
+    if dropout_seed is not None:
+        dropout_seed = validate.integer(dropout_seed, "dropout_seed")
+    elif rng is not None:
+        dropout_seed = int(validate.rng(rng).integers(0, 2 ** 63))
+    elif dropout_p > 0:
+        validate.fail("dropout_seed", "an int (or rng=Generator) when dropout_p > 0", "None")
+    else:
+        dropout_seed = 0
+    offset = (0 if causal_alignment == "top_left" else n_k - n_q) if causal else _NO_CAUSAL
+    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    return dict(q=q, k=k, v=v, scale=scale, offset=offset, bias=bias, bias4=bias4, kpm=kpm,
+                key_padding_mask=key_padding_mask, dropout_p=dropout_p, dropout_seed=dropout_seed,
+                block_q=block_q, block_k=block_k)
+
+
+def _dropout_args(dtype, dropout_p, dropout_seed):
+    inv_keep = dtype.type(1.0 / (1.0 - dropout_p))
+    return _seed64(dropout_seed), _dropout_threshold(dropout_p), inv_keep, dropout_p > 0
+
+
+def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
+                            key_padding_mask=None, dropout_p=0.0, dropout_seed=None, rng=None,
+                            block_q=64, block_k=64, dropout_mask=None):
+    """FlashAttention forward in the FA-2 loop order (FA-2 Algorithm 1 + FA-1 Algorithm 2's extras).
+
+    O = dropout(softmax(MASK(tau Q K^T + bias))) V, computed tile by tile with the online softmax
+    (FA-1 §3.1): per query block, running max m, running sum l, rescaled accumulator, one final
+    division, L = m + log l. Memory beyond inputs and output: O(Nq) for L plus per-worker tiles.
+
+    q: (B, H, Nq, d), k: (B, H, Nk, d), v: (B, H, Nk, dv), all float32 or all float64.
+    scale: tau, default 1/sqrt(d). causal, causal_alignment ("top_left" | "bottom_right"),
+    bias (broadcastable to (B, H, Nq, Nk), same dtype), key_padding_mask ((B, Nk) bool, True =
+    padded): as ``attention.reference.attention_forward``. dropout_p with dropout_seed (int; or
+    rng, from which a seed is drawn): counter-based dropout, see the module docstring.
+    block_q, block_k: B_r and B_c, any positive ints (N need not be a multiple).
+    dropout_mask must be None (accepted only so that callers of the reference can pass it through).
+
+    Returns out (B, H, Nq, dv) in the input dtype and a FlashCache (cache.lse: (B, H, Nq)).
+    """
+    a = _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask,
+                 dropout_seed, rng, block_q, block_k)
+    q, k, v = a["q"], a["k"], a["v"]
+    n_b, n_h, n_q, _ = q.shape
+    out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)
+    lse = np.empty((n_b, n_h, n_q), q.dtype)
+    seed, thr, inv_keep, has_drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"])
+    n_items = n_b * n_h * -(-n_q // a["block_q"])
+    with np.errstate(over="ignore"):   # splitmix64 wraps around uint64 on purpose (NUMBA_DISABLE_JIT=1)
+        _fa2_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], a["bias4"], a["bias"] is not None,
+                            a["kpm"], a["key_padding_mask"] is not None, seed, thr, inv_keep, has_drop,
+                            a["block_q"], a["block_k"], _n_workers(n_items), out, lse)
+    cache = FlashCache(q=q, k=k, v=v, out=out, lse=lse, scale=a["scale"], offset=a["offset"], bias=a["bias"],
+                       key_padding_mask=a["key_padding_mask"], dropout_p=a["dropout_p"],
+                       dropout_seed=a["dropout_seed"], block_q=a["block_q"], block_k=a["block_k"])
+    return out, cache
+
+
+def flash_attention_fa1_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
+                                key_padding_mask=None, dropout_p=0.0, dropout_seed=None, rng=None,
+                                block_q=64, block_k=64):
+    """FA-1 Algorithm 1 as printed (outer loop over K_j, V_j; inner over Q_i), with Algorithm 2's
+    scale, mask and dropout. Every inner step reads O_i, l_i, m_i from "HBM" (the output arrays),
+    updates them (line 12, normalised each time) and writes them back (line 13).
+
+    Same arguments as ``flash_attention_forward``. Returns (out (B, H, Nq, dv), ell (B, H, Nq),
+    m (B, H, Nq)): the paper's O, l, m (a row that sees no key has l = 0, m = -inf, O = 0).
+    For rows with l > 0, L = m + log(l) equals ``flash_attention_forward``'s cache.lse.
+    """
+    a = _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, None,
+                 dropout_seed, rng, block_q, block_k)
+    q, k, v = a["q"], a["k"], a["v"]
+    n_b, n_h, n_q, _ = q.shape
+    out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)
+    ell = np.empty((n_b, n_h, n_q), q.dtype)
+    m = np.empty((n_b, n_h, n_q), q.dtype)
+    seed, thr, inv_keep, has_drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"])
+    with np.errstate(over="ignore"):
+        _fa1_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], a["bias4"], a["bias"] is not None,
+                            a["kpm"], a["key_padding_mask"] is not None, seed, thr, inv_keep, has_drop,
+                            a["block_q"], a["block_k"], out, ell, m)
+    return out, ell, m
+
+
+def flash_attention_backward(dout, cache: FlashCache):
+    """Backward by recomputation (FA-2 Algorithm 2; FA-1 Algorithm 4 with tau, mask and dropout).
+
+        D = rowsum(dO o O)                  line 4 (FA-1 eq. 4: D_i = do_i^T o_i = sum_j P_ij dP_ij)
+        for each key block j, for each query block i (blocks above the causal diagonal skipped):
+          S = tau Q_i K_j^T + bias, masked  line 10
+          P = exp(S - L_i)                  line 11 (L from the forward; P = 0 where L = -inf)
+          dV_j += (P o Z)^T dO_i            line 12 (Z: dropout keep-mask / (1 - p), regenerated)
+          dP = (dO_i V_j^T) o Z             line 13 (FA-1 Alg. 4 lines 17-18)
+          dS = P o (dP - D_i)               line 14
+          dQ_i += tau dS K_j                line 15
+          dK_j += tau dS^T Q_i              line 16
+          dbias += dS                       (derived: S = tau Q K^T + bias => dbias = dS)
+
+    Parallel over (batch, head) pairs: each worker owns whole pairs, so dQ's read-modify-write
+    (FA-2 uses atomic adds there) has no race. dbias is reduced to the bias's own shape; if the bias
+    is broadcast over batch or heads, each worker accumulates into its own copy and the copies are
+    summed at the end (memory: n_workers x the bias's size). Returns (dq, dk, dv, dbias), dbias None
+    when the forward had no bias.
+    """
+    if not isinstance(cache, FlashCache):
+        validate.fail("cache", "the FlashCache returned by flash_attention_forward", type(cache).__name__)
+    dout = validate.array(dout, "dout", shape=cache.out.shape, dtype=cache.out.dtype)
+    dout = np.ascontiguousarray(dout)
+    q, k, v = cache.q, cache.k, cache.v
+    n_b, n_h, n_q, d = q.shape
+    n_k = k.shape[2]
+    d_row = np.einsum("bhid,bhid->bhi", dout, cache.out)                  # line 4: D   (B, H, Nq)
+    n_workers = _n_workers(n_b * n_h)
+    has_bias = cache.bias is not None
+    if has_bias:
+        bias = cache.bias
+        shape4 = (1,) * (4 - bias.ndim) + bias.shape                      # bias's shape as 4-d
+        bias4 = np.broadcast_to(bias.reshape(shape4), (n_b, n_h, n_q, n_k))
+        strides = tuple(np.int64(s != 1) for s in shape4)                 # 0 on broadcast axes
+        per_worker = (shape4[0] == 1 and n_b > 1) or (shape4[1] == 1 and n_h > 1)
+        dbias = np.zeros(((n_workers if per_worker else 1),) + shape4, q.dtype)
+    else:
+        bias4 = np.zeros((1, 1, 1, 1), q.dtype)
+        strides = (np.int64(0),) * 4
+        per_worker = False
+        dbias = np.zeros((1, 1, 1, 1, 1), q.dtype)
+    kpm = (np.ascontiguousarray(cache.key_padding_mask) if cache.key_padding_mask is not None
+           else np.zeros((1, 1), dtype=np.bool_))
+    dq = np.empty_like(q)
+    dk = np.empty_like(k)
+    dv = np.empty_like(v)
+    seed, thr, inv_keep, has_drop = _dropout_args(q.dtype, cache.dropout_p, cache.dropout_seed)
+    with np.errstate(over="ignore"):
+        _backward_kernel(q, k, v, dout, cache.lse, d_row, q.dtype.type(cache.scale), cache.offset, bias4,
+                         has_bias, kpm, cache.key_padding_mask is not None, seed, thr, inv_keep, has_drop,
+                         cache.block_q, cache.block_k, n_workers, dq, dk, dv, dbias, strides, per_worker)
+    if has_bias:
+        dbias = (dbias[0] if dbias.shape[0] == 1 else dbias.sum(axis=0)).reshape(cache.bias.shape)
+    else:
+        dbias = None
+    return dq, dk, dv, dbias
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry: float64 gradient checks of the flash pair itself (tiny tiles so every path is hit)
+
+def _inputs_flash(rng):
+    """Causal bottom-right, Nq != Nk, a per-head bias, one padded key, ragged 2 x 3 tiles."""
+    b, h, n_q, n_k, d = 2, 2, 4, 5, 3
+    pad = np.zeros((b, n_k), dtype=bool)
+    pad[1, 0] = True
+    return dict(q=rng.standard_normal((b, h, n_q, d)), k=rng.standard_normal((b, h, n_k, d)),
+                v=rng.standard_normal((b, h, n_k, 2)), bias=rng.standard_normal((h, 1, n_k)),
+                key_padding_mask=pad)
+
+
+def _forward_flash(q, k, v, bias, key_padding_mask):
+    return flash_attention_forward(q, k, v, causal=True, causal_alignment="bottom_right", bias=bias,
+                                   key_padding_mask=key_padding_mask, scale=0.7, block_q=2, block_k=3)
+
+
+def _inputs_flash_dropout(rng):
+    """Dropout with a fixed seed (the counter-based mask is a deterministic function of it), a full bias."""
+    b, h, n, d = 1, 2, 5, 3
+    return dict(q=rng.standard_normal((b, h, n, d)), k=rng.standard_normal((b, h, n, d)),
+                v=rng.standard_normal((b, h, n, d)), bias=rng.standard_normal((b, h, n, n)))
+
+
+def _forward_flash_dropout(q, k, v, bias):
+    return flash_attention_forward(q, k, v, causal=True, bias=bias, dropout_p=0.3, dropout_seed=7,
+                                   block_q=2, block_k=2)
+
+
+GRADCHECKS = [
+    Op(name="flash_attention", forward=_forward_flash, backward=flash_attention_backward,
+       make_inputs=_inputs_flash, covers=("scratch_transformers.attention.flash.flash_attention_backward",),
+       wrt=("q", "k", "v", "bias")),
+    Op(name="flash_attention_dropout", forward=_forward_flash_dropout, backward=flash_attention_backward,
+       make_inputs=_inputs_flash_dropout,
+       covers=("scratch_transformers.attention.flash.flash_attention_backward",), wrt=("q", "k", "v", "bias")),
+]

@@ -16,9 +16,12 @@ def resolve(qualname: str):
     """Import the longest module prefix, then getattr the rest."""
     parts = qualname.split(".")
     for cut in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:cut])
         try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:  # the module exists but one of its own imports is broken
+                raise
             continue
         for attr in parts[cut:]:
             obj = getattr(obj, attr)

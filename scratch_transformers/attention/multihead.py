@@ -1,0 +1,320 @@
+"""Multi-head attention: projections, head split/merge, a pluggable attention core, a KV cache.
+
+Vaswani et al. 2017, §3.2.2 (unnumbered): MultiHead(Q, K, V) = Concat(head_1..head_H) W^O with
+head_h = Attention(Q W^Q_h, K W^K_h, V W^V_h). With row-major activations and y = x @ W:
+
+    q = x wq + bq,  k = x wk + bk,  v = x wv + bv        (B, T, D)   projections
+    q, k, v -> (B, H, T, d_h), d_h = D / H                           split heads
+    q, k <- RoPE(q), RoPE(k)       (optional, positions include the KV-cache offset)
+    o = core(q, k, v; causal, bias, padding)              (B, H, T, d_h)
+    y = merge(o) wo + bo                                  (B, T, D)
+
+Glossary: ``x`` (B, T, D) input; ``params[prefix + ".wq"]`` (D, D) is W^Q for all heads side by side
+(head h uses columns h*d_h:(h+1)*d_h); ``core`` names an entry of :data:`CORES`, imported lazily, whose
+forward/backward take the keyword options of ``attention.reference.attention_forward``.
+
+``linears`` (used by LoRA) maps a weight name such as ``"blocks.0.attn.wq"`` to an object with
+``forward(x, params) -> (y, cache)`` (bias included) and ``backward(dy, cache) -> (dx, grads dict)``
+that replaces that projection. ``kv_cache`` (a :class:`KVCache`) makes the call an incremental decode
+step: the new keys/values are written into the cache (in place, ``length`` advances) and the queries
+attend to everything cached so far with bottom-right causal alignment. Decode steps are forward-only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..core import validate
+from ..core.layers import linear_backward, linear_forward
+from ..core.registry import Op
+
+CORES: dict[str, tuple[str, str, str]] = {
+    "reference": ("scratch_transformers.attention.reference", "attention_forward", "attention_backward"),
+    "flash": ("scratch_transformers.attention.flash", "flash_attention_forward", "flash_attention_backward"),
+}
+PROJECTIONS = ("q", "k", "v", "o")
+
+
+def core_functions(name: str):
+    """(forward, backward) of the attention core registered under ``name`` in CORES (lazy import)."""
+    validate.option(name, "core", tuple(CORES))
+    module_name, fwd, bwd = CORES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        validate.fail("core", f"an importable attention core ({module_name} for {name!r})", str(err))
+    return getattr(module, fwd), getattr(module, bwd)
+
+
+def _rope_functions():
+    from ..positional.rope import rope_backward, rope_forward   # lazy: positional is optional here
+    return rope_forward, rope_backward
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one attention layer for incremental decoding (mutable on purpose).
+
+    k: (B, H, T_max, d_h) and v: (B, H, T_max, d_h) preallocated; positions [0, length) are filled.
+    mha_forward(..., kv_cache=cache) writes its new keys/values at [length, length + T) and advances
+    ``length``. The keys are stored after RoPE, so a cached key is never rotated twice.
+    """
+
+    k: np.ndarray
+    v: np.ndarray
+    length: int = 0
+
+    @classmethod
+    def empty(cls, batch: int, n_heads: int, capacity: int, head_dim: int, dtype=np.float64) -> "KVCache":
+        batch = validate.positive_int(batch, "batch")
+        n_heads = validate.positive_int(n_heads, "n_heads")
+        capacity = validate.positive_int(capacity, "capacity")
+        head_dim = validate.positive_int(head_dim, "head_dim")
+        dtype = np.dtype(dtype)
+        if dtype not in validate.FLOAT_DTYPES:
+            validate.fail("dtype", "float32 or float64", dtype)
+        shape = (batch, n_heads, capacity, head_dim)
+        return cls(k=np.zeros(shape, dtype=dtype), v=np.zeros(shape, dtype=dtype), length=0)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+
+def init_mha(rng, d_model, n_heads, *, bias=True, prefix="attn", std=0.02, out_std=None, dtype=np.float64):
+    """Parameters of one attention layer: ``prefix.wq/wk/wv/wo`` (D, D) ~ N(0, std^2) (``wo`` with
+    ``out_std``, default std; GPT-2 scales residual projections by 1/sqrt(2 n_layers)) and, with
+    ``bias``, zero ``prefix.bq/bk/bv/bo`` (D,)."""
+    rng = validate.rng(rng)
+    d_model = validate.positive_int(d_model, "d_model")
+    n_heads = validate.positive_int(n_heads, "n_heads")
+    if d_model % n_heads:
+        validate.fail("n_heads", f"a divisor of d_model={d_model}", n_heads)
+    std = validate.positive(std, "std")
+    out_std = std if out_std is None else validate.positive(out_std, "out_std")
+    if not isinstance(prefix, str):
+        validate.fail("prefix", "a string", type(prefix).__name__)
+    dtype = np.dtype(dtype)
+    if dtype not in validate.FLOAT_DTYPES:
+        validate.fail("dtype", "float32 or float64", dtype)
+    params = {}
+    for name in PROJECTIONS:
+        s = out_std if name == "o" else std
+        params[f"{prefix}.w{name}"] = (s * rng.standard_normal((d_model, d_model))).astype(dtype)
+        if bias:
+            params[f"{prefix}.b{name}"] = np.zeros(d_model, dtype=dtype)
+    return params
+
+
+# --- projections (a plain linear, or an override from ``linears``) --------------------------------
+
+def _project_forward(x, params, w_name, b_name, linears):
+    """y = x @ params[w_name] + params[b_name], or linears[w_name].forward(x, params) when overridden."""
+    if linears is not None and w_name in linears:
+        y, c = linears[w_name].forward(x, params)
+        return y, ("override", linears[w_name], c)
+    y, c = linear_forward(x, params[w_name], params.get(b_name))
+    return y, ("linear", w_name, b_name, c)
+
+
+def _project_backward(dy, pcache):
+    """(dx, grads dict) of _project_forward."""
+    if pcache[0] == "override":
+        dx, grads = pcache[1].backward(dy, pcache[2])
+        return dx, dict(grads)
+    _, w_name, b_name, c = pcache
+    dx, dw, db = linear_backward(dy, c)
+    grads = {w_name: dw}
+    if db is not None:
+        grads[b_name] = db
+    return dx, grads
+
+
+def _add_grads(total: dict, new: dict) -> None:
+    for k, g in new.items():
+        total[k] = total[k] + g if k in total else g
+
+
+def split_heads(x, n_heads):
+    """(B, T, D) -> (B, H, T, D/H)."""
+    b, t, d = x.shape
+    return x.reshape(b, t, n_heads, d // n_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """(B, H, T, d_h) -> (B, T, H d_h)."""
+    b, h, t, dh = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+
+
+class MHACache(NamedTuple):
+    proj: dict                 # "q"/"k"/"v"/"o" -> projection cache
+    rope: tuple | None         # (rope cache of q, rope cache of k) or None
+    core: Any                  # the attention core's cache
+    core_name: str
+    n_heads: int
+    decoding: bool             # True when a KV cache was used (no backward)
+    x_shape: tuple             # (B, T, D)
+
+
+def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=True, attn_bias=None, rope=None,
+                key_padding_mask=None, kv_cache=None, linears=None, core_options=None):
+    """Multi-head attention (Vaswani et al. 2017 §3.2.2), y = merge(core(split(x wq), split(x wk), split(x wv))) wo.
+
+    x: (B, T, D) float; params: dict with ``prefix.wq/wk/wv/wo`` (D, D) and optional ``prefix.bq/...``.
+    core: name in CORES. causal: causal mask (top-left without a cache; bottom-right with one, so
+    the new queries sit at the end of the cached keys). attn_bias: additive bias broadcastable to
+    (B, H, T, T_k) (e.g. ALiBi (H, T, T_k)), cast to x's dtype. rope: None or keyword arguments of
+    ``positional.rope.rope_forward`` applied to q and k; if it has no ``positions``, the positions are
+    cache_length + 0..T-1. key_padding_mask: bool (B, T_k), True = padded key (T_k includes cached keys).
+    kv_cache: a KVCache (decode step, forward-only). linears: projection overrides (see module doc).
+    core_options: extra keyword options for the core (e.g. dropout_p/dropout_mask, block sizes).
+    Returns y (B, T, D) and an MHACache.
+    """
+    x = validate.float_array(x, "x", ndim=3)
+    b, t, d_model = x.shape
+    n_heads = validate.positive_int(n_heads, "n_heads")
+    if d_model % n_heads:
+        validate.fail("n_heads", f"a divisor of d_model={d_model}", n_heads)
+    if not isinstance(params, dict):
+        validate.fail("params", "a dict name -> array", type(params).__name__)
+    if linears is not None and not isinstance(linears, dict):
+        validate.fail("linears", "a dict weight name -> linear object", type(linears).__name__)
+    for name in PROJECTIONS:
+        w_name = f"{prefix}.w{name}"
+        if linears is not None and w_name in linears:
+            continue
+        if w_name not in params:
+            validate.fail("params", f"a key {w_name!r}", "none")
+        validate.array(params[w_name], f"params[{w_name!r}]", shape=(d_model, d_model), dtype=x.dtype)
+    if not isinstance(causal, (bool, np.bool_)):
+        validate.fail("causal", "a bool", repr(causal))
+    core_fwd, _ = core_functions(core)
+    core_options = {} if core_options is None else dict(core_options)
+    if rope is not None and not isinstance(rope, dict):
+        validate.fail("rope", "None or a dict of rope_forward keyword arguments", type(rope).__name__)
+    offset = 0
+    if kv_cache is not None:
+        if not isinstance(kv_cache, KVCache):
+            validate.fail("kv_cache", "a KVCache", type(kv_cache).__name__)
+        dh = d_model // n_heads
+        validate.array(kv_cache.k, "kv_cache.k", shape=(b, n_heads, None, dh), dtype=x.dtype)
+        validate.array(kv_cache.v, "kv_cache.v", shape=kv_cache.k.shape, dtype=x.dtype)
+        offset = kv_cache.length
+        if offset + t > kv_cache.capacity:
+            validate.fail("kv_cache", f"room for {t} more positions (capacity {kv_cache.capacity})",
+                          f"length {offset}")
+    if attn_bias is not None:
+        attn_bias = validate.float_array(attn_bias, "attn_bias").astype(x.dtype, copy=False)
+
+    proj = {}
+    heads = {}
+    for name in ("q", "k", "v"):
+        y, proj[name] = _project_forward(x, params, f"{prefix}.w{name}", f"{prefix}.b{name}", linears)
+        heads[name] = split_heads(y, n_heads)                               # (B, H, T, d_h)
+    q, k, v = heads["q"], heads["k"], heads["v"]
+    rope_caches = None
+    if rope is not None:
+        rope_forward, _ = _rope_functions()
+        kw = dict(rope)
+        positions = kw.pop("positions", None)
+        if positions is None:
+            positions = np.arange(offset, offset + t, dtype=np.float64)     # (T,) includes the cache offset
+        q, rq = rope_forward(q, positions, **kw)                            # (B, H, T, d_h)
+        k, rk = rope_forward(k, positions, **kw)
+        rope_caches = (rq, rk)
+    alignment = "top_left"
+    if kv_cache is not None:
+        kv_cache.k[:, :, offset:offset + t] = k
+        kv_cache.v[:, :, offset:offset + t] = v
+        kv_cache.length = offset + t
+        k = kv_cache.k[:, :, :offset + t]                                   # (B, H, T_k, d_h)
+        v = kv_cache.v[:, :, :offset + t]
+        alignment = "bottom_right"
+    out, core_cache = core_fwd(q, k, v, causal=bool(causal), causal_alignment=alignment, bias=attn_bias,
+                               key_padding_mask=key_padding_mask, **core_options)   # (B, H, T, d_h)
+    y, proj["o"] = _project_forward(merge_heads(out), params, f"{prefix}.wo", f"{prefix}.bo", linears)
+    return y, MHACache(proj=proj, rope=rope_caches, core=core_cache, core_name=core, n_heads=n_heads,
+                       decoding=kv_cache is not None, x_shape=x.shape)
+
+
+def mha_backward(dy, cache: MHACache):
+    """Backward of mha_forward: chain rule through the output projection, the core's own backward,
+    RoPE's backward (dx = R^T dy) and the three input projections, whose dx are summed.
+
+    dy: (B, T, D). Returns dx (B, T, D) and a dict of parameter gradients (keys of the params used,
+    or those returned by ``linears`` overrides).
+    """
+    if not isinstance(cache, MHACache):
+        validate.fail("cache", "the MHACache returned by mha_forward", type(cache).__name__)
+    if cache.decoding:
+        validate.fail("cache", "a cache from mha_forward without kv_cache (decode steps are forward-only)",
+                      "a decoding cache")
+    dy = validate.float_array(dy, "dy", shape=cache.x_shape)
+    grads: dict = {}
+    dmerged, g = _project_backward(dy, cache.proj["o"])                    # (B, T, D)
+    _add_grads(grads, g)
+    _, core_bwd = core_functions(cache.core_name)
+    dq, dk, dv = core_bwd(split_heads(dmerged, cache.n_heads), cache.core)[:3]   # (B, H, T, d_h) each
+    if cache.rope is not None:
+        _, rope_backward = _rope_functions()
+        dq = rope_backward(dq, cache.rope[0])
+        dk = rope_backward(dk, cache.rope[1])
+    dx = None
+    for name, dh in (("q", dq), ("k", dk), ("v", dv)):
+        dxi, g = _project_backward(merge_heads(dh), cache.proj[name])
+        _add_grads(grads, g)
+        dx = dxi if dx is None else dx + dxi
+    return dx, grads
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry: float64 gradient checks of the whole layer (reference core)
+
+def _mha_inputs(rng, bias=True):
+    d_model, n_heads = 8, 2
+    params = init_mha(rng, d_model, n_heads, bias=bias, std=0.5)
+    for k in params:
+        if ".b" in k:
+            params[k] = 0.1 * rng.standard_normal(params[k].shape)
+    return {"x": rng.standard_normal((2, 4, d_model)), **params}
+
+
+def _mha_check_forward(x, _options, **params):
+    return mha_forward(x, params, prefix="attn", n_heads=2, **_options)
+
+
+def _mha_check_backward(dy, cache):
+    dx, grads = mha_backward(dy, cache)
+    return {"x": dx, **grads}
+
+
+def _mha_padded_inputs(rng):
+    pad = np.array([[False, False, False, False], [True, False, False, False]])
+    bias = -0.3 * np.abs(np.arange(4)[:, None] - np.arange(4)[None, :])[None] * np.array([1.0, 0.5])[:, None, None]
+    return {**_mha_inputs(rng), "_options": dict(attn_bias=bias, key_padding_mask=pad)}
+
+
+def _mha_rope_inputs(rng):
+    return {**_mha_inputs(rng, bias=False), "_options": dict(rope={"base": 100.0, "layout": "interleaved"})}
+
+
+# The key bias bk is left out of the check: q_i . bk is the same for every key j of row i, and softmax is
+# shift invariant, so dL/dbk is exactly 0 and central differences only see rounding noise
+# (tests/attention/test_multihead.py checks that the analytic dbk is 0 to rounding).
+_WRT = ("x", "attn.wq", "attn.bq", "attn.wk", "attn.wv", "attn.bv", "attn.wo", "attn.bo")
+
+GRADCHECKS = [
+    Op(name="mha_reference", forward=_mha_check_forward, backward=_mha_check_backward,
+       make_inputs=lambda rng: {**_mha_inputs(rng), "_options": {}}, wrt=_WRT,
+       covers=("scratch_transformers.attention.multihead.mha_backward",)),
+    Op(name="mha_reference_bias_padding", forward=_mha_check_forward, backward=_mha_check_backward,
+       make_inputs=_mha_padded_inputs, wrt=_WRT,
+       covers=("scratch_transformers.attention.multihead.mha_backward",)),
+    Op(name="mha_reference_rope", forward=_mha_check_forward, backward=_mha_check_backward,
+       make_inputs=_mha_rope_inputs, covers=("scratch_transformers.attention.multihead.mha_backward",)),
+]

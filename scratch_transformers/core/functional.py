@@ -343,11 +343,21 @@ def _wide(rng, shape=(3, 5)):
     return rng.standard_normal(shape) * 3.0
 
 
+def _masked(rng):
+    """Rows with -inf (masked) entries, and one row that is entirely masked (softmax 0, gradient 0)."""
+    x = rng.standard_normal((3, 4))
+    x[0, 1] = x[1, 0] = x[1, 3] = -np.inf
+    x[2, :] = -np.inf
+    return x
+
+
 GRADCHECKS = [
     Op("core.softmax", softmax_forward, softmax_backward,
        lambda rng: {"x": _wide(rng)}, covers=(_M + "softmax_backward",), wrt=("x",)),
     Op("core.softmax_axis0", lambda x: softmax_forward(x, axis=0), softmax_backward,
        lambda rng: {"x": rng.standard_normal((4, 2, 3))}, covers=(_M + "softmax_backward",), wrt=("x",)),
+    Op("core.softmax_masked", softmax_forward, softmax_backward, lambda rng: {"x": _masked(rng)},
+       covers=(_M + "softmax_backward",), wrt=("x",), note="-inf entries and one fully masked row"),
     Op("core.log_softmax", log_softmax_forward, log_softmax_backward,
        lambda rng: {"x": _wide(rng)}, covers=(_M + "log_softmax_backward",), wrt=("x",)),
     Op("core.sigmoid", sigmoid_forward, sigmoid_backward,

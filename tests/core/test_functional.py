@@ -112,8 +112,10 @@ def test_fully_masked_rows_give_zero_not_nan():
     y, cache = F.softmax_forward(x)
     np.testing.assert_array_equal(y, [[0.0, 0.0], [1.0, 0.0]])
     assert np.all(np.isfinite(F.softmax_backward(np.ones_like(x), cache)))
-    ls = F.log_softmax(x)
-    assert not np.any(np.isnan(ls)) and ls[1, 0] == 0.0
+    ls, lcache = F.log_softmax_forward(x)
+    assert not np.any(np.isnan(ls)) and ls[1, 0] == 0.0 and np.all(ls[0] == -np.inf)
+    dx = F.log_softmax_backward(np.ones_like(x), lcache)
+    assert np.all(np.isfinite(dx))
 
 
 # ---------------------------------------------------------------- properties

@@ -87,6 +87,19 @@ def test_layer_norm_output_is_standardised(x):
 
 
 @settings(max_examples=40, deadline=None)
+@given(rows, st.integers(0, 2 ** 32 - 1))
+def test_layer_norm_backward_is_blind_to_shifts(x, seed):
+    """y does not change when a constant is added to a row, so every row of dx sums to zero."""
+    rng = np.random.default_rng(seed)
+    d = x.shape[-1]
+    _, cache = Lr.layer_norm_forward(x, rng.standard_normal(d), rng.standard_normal(d))
+    dx, dw, db = Lr.layer_norm_backward(rng.standard_normal(x.shape), cache)
+    assert dx.shape == x.shape and dw.shape == (d,) and db.shape == (d,)
+    assert np.all(np.isfinite(dx))
+    np.testing.assert_allclose(dx.sum(-1), 0.0, atol=1e-9 * (1 + np.abs(dx).max()))
+
+
+@settings(max_examples=40, deadline=None)
 @given(rows)
 def test_rms_norm_output_has_unit_rms(x):
     x = x[np.sqrt((x ** 2).mean(-1)) > 1e-2]

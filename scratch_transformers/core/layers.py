@@ -210,7 +210,7 @@ def dropout_forward(x, p: float, rng: np.random.Generator | None, training: bool
         keep ~ Bernoulli(1 - p) elementwise,  y = x * keep / (1 - p)
 
     so E[y] = x and inference needs no rescaling. x: (...), p in [0, 1), rng: a Generator
-    (may be None when p == 0 or not training: then y = x and nothing is drawn).
+    (may be None when p == 0 or not training: then y is x itself, not a copy, and nothing is drawn).
     Returns y (...) and a DropoutCache holding the keep-mask.
     """
     x = validate.float_array(x, "x")

@@ -79,7 +79,7 @@ def _as_tuple(y):
 
 
 def _scalar_loss(y, cotangents) -> float:
-    return float(sum(np.sum(a.astype(np.float64) * g) for a, g in zip(_as_tuple(y), cotangents) if g is not None))
+    return float(sum(np.sum(np.asarray(a, dtype=np.float64) * g) for a, g in zip(_as_tuple(y), cotangents) if g is not None))
 
 
 def gradcheck(
@@ -97,7 +97,8 @@ def gradcheck(
 ) -> GradcheckResult:
     """Compare ``backward`` against central differences of ``forward``.
 
-    forward(**inputs) -> (y, cache), y an array or a tuple of arrays (None entries are skipped).
+    forward(**inputs) -> (y, cache), y an array, a float (e.g. a loss) or a tuple of them (None
+    entries are skipped).
     backward(dy, cache) -> gradients: a dict {input name: grad} or a tuple in the order of ``wrt``.
     wrt: the names to check (default: every float64 array in ``inputs``); they must be float64.
     cotangent: the dy to use (same structure as y); default standard normal from ``rng``.
@@ -123,7 +124,8 @@ def gradcheck(
     y, cache = forward(**inputs)
     ys = _as_tuple(y)
     if cotangent is None:
-        cot = tuple(None if a is None else rng.standard_normal(np.shape(a)) for a in ys)
+        cot = tuple(None if a is None else (rng.standard_normal(np.shape(a)) if np.ndim(a) else float(rng.standard_normal()))
+                    for a in ys)
     else:
         cot = _as_tuple(cotangent)
     dy = cot if isinstance(y, (tuple, list)) else cot[0]

@@ -89,3 +89,16 @@ def test_does_not_mutate_inputs(rng):
     x0, w0 = x.copy(), w.copy()
     gradcheck(_matmul_fwd, _matmul_bwd, {"x": x, "w": w})
     assert np.array_equal(x, x0) and np.array_equal(w, w0)
+
+
+def test_scalar_float_output(rng):
+    def fwd(x):
+        return float(np.sum(x ** 3)), x
+
+    def bwd(dl, x):
+        return (dl * 3 * x ** 2,)
+
+    res = gradcheck(fwd, bwd, {"x": rng.standard_normal(6)})
+    assert res.passed, str(res)
+    bad = gradcheck(fwd, lambda dl, x: (3 * x ** 2,), {"x": rng.standard_normal(6)})  # ignores dl
+    assert not bad.passed

@@ -1,0 +1,444 @@
+"""The baseline: a small decoder-only pre-LN transformer LM with a hand-written backward.
+
+GPT-2 layout (Radford et al. 2019, §2.3: layer norm moved to the input of each sub-block, a final
+layer norm after the last block; Vaswani et al. 2017 §3 for the blocks themselves):
+
+    h_0 = E[tokens] (+ P[positions])                          token (+ learned or sinusoidal) embedding
+    h  <- h + Dropout(MHA(LN_1(h)))                           for each of the n_layers blocks
+    h  <- h + Dropout(W_2 GELU(W_1 LN_2(h) + b_1) + b_2)      GELU in its tanh form (GPT-2)
+    logits = LN_f(h) W_head                                   (W_head = E^T with tie_embeddings)
+
+Positions: "learned" (a trained table P), "sinusoidal" (Vaswani §3.5, a constant table), "rope"
+(RoFormer: q and k rotated inside attention; ``rope_scale`` is the position-interpolation factor that
+divides positions), "alibi" (Press et al.: a per-head linear bias; ``alibi_scale`` multiplies the
+slopes), "none" (causal masking alone). Everything position-specific is in :func:`position_inputs`.
+
+Parameters (flat dict, GPT-2-style init: N(0, 0.02^2), residual output projections ``attn.wo`` and
+``mlp.w2`` with std 0.02 / sqrt(2 n_layers), layer norms at weight 1 and bias 0, biases 0):
+
+    tok_emb (V, D)   pos_emb (max_len, D) ["learned" only]   lm_head (D, V) [unless tie_embeddings]
+    blocks.{i}.ln1.weight/bias (D,)   blocks.{i}.attn.wq/wk/wv/wo (D, D), .bq/bk/bv/bo (D,)
+    blocks.{i}.ln2.weight/bias (D,)   blocks.{i}.mlp.w1 (D, F) .b1 (F,)  .w2 (F, D) .b2 (D,)
+    ln_f.weight/bias (D,)
+
+``forward(..., kv_cache=new_kv_cache(config, B))`` decodes incrementally (forward-only); ``generate``
+uses it and its logits equal the full forward's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..attention.multihead import (CORES, KVCache, _add_grads, _project_backward, _project_forward, init_mha,
+                                   mha_backward, mha_forward)
+from ..core import validate
+from ..core.functional import gelu_backward, gelu_forward
+from ..core.layers import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
+                           embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
+                           linear_backward, linear_forward)
+from ..core.registry import Op
+
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+ROPE_LAYOUTS = ("half", "interleaved")
+INIT_STD = 0.02
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Hyper-parameters; every value is validated on construction (ValueError naming the field)."""
+
+    vocab_size: int
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int | None = None          # default 4 * d_model
+    max_len: int = 256               # learned table size and KV-cache capacity
+    positions: str = "learned"
+    attention: str = "reference"     # a core name of attention.multihead.CORES
+    dropout: float = 0.0             # embeddings, attention probabilities, residual branches
+    rope_base: float = 10000.0
+    rope_layout: str = "half"
+    rope_scale: float = 1.0          # position interpolation: positions are divided by this factor
+    alibi_scale: float = 1.0         # ALiBi slopes are multiplied by this factor
+    tie_embeddings: bool = False
+    ln_eps: float = 1e-5
+
+    def __post_init__(self):
+        validate.positive_int(self.vocab_size, "vocab_size")
+        validate.positive_int(self.d_model, "d_model")
+        validate.positive_int(self.n_layers, "n_layers")
+        validate.positive_int(self.n_heads, "n_heads")
+        if self.d_model % self.n_heads:
+            validate.fail("n_heads", f"a divisor of d_model={self.d_model}", self.n_heads)
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        validate.positive_int(self.d_ff, "d_ff")
+        validate.positive_int(self.max_len, "max_len")
+        validate.option(self.positions, "positions", POSITIONS)
+        validate.option(self.attention, "attention", tuple(CORES))
+        validate.probability(self.dropout, "dropout")
+        validate.real(self.rope_base, "rope_base", low=1.0, low_open=True)
+        validate.option(self.rope_layout, "rope_layout", ROPE_LAYOUTS)
+        validate.positive(self.rope_scale, "rope_scale")
+        validate.positive(self.alibi_scale, "alibi_scale")
+        if not isinstance(self.tie_embeddings, (bool, np.bool_)):
+            validate.fail("tie_embeddings", "a bool", repr(self.tie_embeddings))
+        validate.positive(self.ln_eps, "ln_eps")
+        if self.positions == "rope" and self.head_dim % 2:
+            validate.fail("d_model", f"an even head dimension d_model / n_heads for rope", self.head_dim)
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            validate.fail("d_model", "an even integer for sinusoidal positions", self.d_model)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def _check_config(config) -> TransformerConfig:
+    if not isinstance(config, TransformerConfig):
+        validate.fail("config", "a TransformerConfig", type(config).__name__)
+    return config
+
+
+def param_shapes(config: TransformerConfig) -> dict[str, tuple]:
+    """The shape of every parameter, by name (the keys of init_params and of the gradients)."""
+    _check_config(config)
+    D, F, V = config.d_model, config.d_ff, config.vocab_size
+    shapes = {"tok_emb": (V, D)}
+    if config.positions == "learned":
+        shapes["pos_emb"] = (config.max_len, D)
+    for i in range(config.n_layers):
+        p = f"blocks.{i}."
+        shapes.update({p + "ln1.weight": (D,), p + "ln1.bias": (D,)})
+        for n in "qkvo":
+            shapes[p + f"attn.w{n}"] = (D, D)
+            shapes[p + f"attn.b{n}"] = (D,)
+        shapes.update({p + "ln2.weight": (D,), p + "ln2.bias": (D,), p + "mlp.w1": (D, F), p + "mlp.b1": (F,),
+                       p + "mlp.w2": (F, D), p + "mlp.b2": (D,)})
+    shapes.update({"ln_f.weight": (D,), "ln_f.bias": (D,)})
+    if not config.tie_embeddings:
+        shapes["lm_head"] = (D, V)
+    return shapes
+
+
+def init_params(config: TransformerConfig, rng, dtype=np.float64) -> dict[str, np.ndarray]:
+    """GPT-2-style initialisation: weights N(0, 0.02^2), residual projections (attn.wo, mlp.w2) with
+    std 0.02 / sqrt(2 n_layers) (GPT-2 §2.3), biases 0, layer norms (1, 0)."""
+    _check_config(config)
+    rng = validate.rng(rng)
+    dtype = np.dtype(dtype)
+    if dtype not in validate.FLOAT_DTYPES:
+        validate.fail("dtype", "float32 or float64", dtype)
+    D, F = config.d_model, config.d_ff
+    res_std = INIT_STD / math.sqrt(2 * config.n_layers)
+    params = {"tok_emb": INIT_STD * rng.standard_normal((config.vocab_size, D))}
+    if config.positions == "learned":
+        params["pos_emb"] = INIT_STD * rng.standard_normal((config.max_len, D))
+    for i in range(config.n_layers):
+        p = f"blocks.{i}."
+        params[p + "ln1.weight"], params[p + "ln1.bias"] = np.ones(D), np.zeros(D)
+        params.update(init_mha(rng, D, config.n_heads, prefix=p + "attn", std=INIT_STD, out_std=res_std))
+        params[p + "ln2.weight"], params[p + "ln2.bias"] = np.ones(D), np.zeros(D)
+        params[p + "mlp.w1"], params[p + "mlp.b1"] = INIT_STD * rng.standard_normal((D, F)), np.zeros(F)
+        params[p + "mlp.w2"], params[p + "mlp.b2"] = res_std * rng.standard_normal((F, D)), np.zeros(D)
+    params["ln_f.weight"], params["ln_f.bias"] = np.ones(D), np.zeros(D)
+    if not config.tie_embeddings:
+        params["lm_head"] = INIT_STD * rng.standard_normal((D, config.vocab_size))
+    return {k: v.astype(dtype) for k, v in params.items()}
+
+
+def new_kv_cache(config: TransformerConfig, batch: int, dtype=np.float64) -> list[KVCache]:
+    """One empty KVCache per layer, capacity config.max_len, for forward(..., kv_cache=...) / generate."""
+    _check_config(config)
+    return [KVCache.empty(batch, config.n_heads, config.max_len, config.head_dim, dtype)
+            for _ in range(config.n_layers)]
+
+
+# --- positions --------------------------------------------------------------------------------------
+
+class PositionInputs(NamedTuple):
+    additive: np.ndarray | None    # (T, D) constant added to the embeddings (sinusoidal)
+    rope: dict | None              # keyword arguments of rope_forward for q and k
+    attn_bias: np.ndarray | None   # (H, T, offset + T) additive attention bias (ALiBi)
+
+
+def position_inputs(config: TransformerConfig, n_new: int, offset: int = 0) -> PositionInputs:
+    """What the position scheme contributes for tokens at positions offset .. offset + n_new - 1.
+
+    "learned" is a parameter and handled in forward; the others are constants computed here:
+    sinusoidal table rows (Vaswani §3.5), RoPE positions m / rope_scale (position interpolation
+    divides positions by the extension factor), ALiBi bias with slopes * alibi_scale.
+    """
+    n_total = offset + n_new
+    if config.positions == "sinusoidal":
+        from ..positional.sinusoidal import sinusoidal_table
+        return PositionInputs(sinusoidal_table(n_total, config.d_model)[offset:], None, None)
+    if config.positions == "rope":
+        positions = np.arange(offset, n_total, dtype=np.float64) / config.rope_scale      # (T,)
+        return PositionInputs(None, {"positions": positions, "base": config.rope_base,
+                                     "layout": config.rope_layout}, None)
+    if config.positions == "alibi":
+        from ..positional.alibi import alibi_bias, alibi_slopes
+        slopes = alibi_slopes(config.n_heads) * config.alibi_scale                      # (H,)
+        return PositionInputs(None, None, alibi_bias(config.n_heads, n_new, n_total, slopes=slopes, causal=True))
+    return PositionInputs(None, None, None)
+
+
+# --- forward / backward -----------------------------------------------------------------------------
+
+class BlockCache(NamedTuple):
+    ln1: Any
+    attn: Any
+    drop_attn: Any
+    ln2: Any
+    fc1: Any
+    gelu: Any
+    fc2: Any
+    drop_mlp: Any
+
+
+class TransformerCache(NamedTuple):
+    emb: Any                       # embedding cache of the tokens
+    drop_emb: Any
+    blocks: list                   # BlockCache per layer
+    ln_f: Any
+    head: Any
+    tied: bool
+    learned_pos: tuple | None      # (offset, T, max_len, D) for the pos_emb gradient
+    decoding: bool
+    dtype: np.dtype
+
+
+def _check_params(params, config, linears, dtype_ref=None):
+    if not isinstance(params, dict):
+        validate.fail("params", "a dict name -> array", type(params).__name__)
+    if "tok_emb" not in params:
+        validate.fail("params", "a key 'tok_emb'", "none")
+    dtype = validate.float_array(params["tok_emb"], "params['tok_emb']").dtype
+    for name, shape in param_shapes(config).items():
+        if linears is not None and name in linears:
+            continue
+        if name not in params:
+            validate.fail("params", f"a key {name!r} (see param_shapes(config))", "none")
+        validate.array(params[name], f"params[{name!r}]", shape=shape, dtype=dtype)
+    return dtype
+
+
+def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, linears=None):
+    """Logits of the next token at every position.
+
+    tokens: (B, T) int in [0, V). training=True with config.dropout > 0 draws dropout masks from
+    ``rng``. kv_cache: a list from new_kv_cache (decode step: tokens continue the cached prefix;
+    forward-only). linears: projection overrides by weight name (LoRA). Returns logits (B, T, V) in
+    the params' dtype and a TransformerCache for backward.
+    """
+    config = _check_config(config)
+    if linears is not None and not isinstance(linears, dict):
+        validate.fail("linears", "a dict weight name -> linear object", type(linears).__name__)
+    dtype = _check_params(params, config, linears)
+    tokens = validate.int_array(tokens, "tokens", ndim=2, low=0, high=config.vocab_size)
+    B, T = tokens.shape
+    if T < 1:
+        validate.fail("tokens", "at least one position", tokens.shape)
+    if not isinstance(training, (bool, np.bool_)):
+        validate.fail("training", "a bool", repr(training))
+    p_drop = config.dropout if training else 0.0
+    if p_drop > 0:
+        rng = validate.rng(rng, "rng")
+    offset = 0
+    if kv_cache is not None:
+        if not isinstance(kv_cache, list) or len(kv_cache) != config.n_layers:
+            validate.fail("kv_cache", f"a list of {config.n_layers} KVCache (new_kv_cache)", type(kv_cache).__name__)
+        offset = kv_cache[0].length
+    if config.positions == "learned" and offset + T > config.max_len:
+        validate.fail("tokens", f"at most max_len={config.max_len} positions with learned positions",
+                      f"{offset + T}")
+    pos = position_inputs(config, T, offset)
+
+    h, c_emb = embedding_forward(tokens, params["tok_emb"])                     # (B, T, D)
+    learned_pos = None
+    if config.positions == "learned":
+        h = h + params["pos_emb"][offset:offset + T]
+        learned_pos = (offset, T)
+    elif pos.additive is not None:
+        h = h + pos.additive.astype(dtype)
+    h, c_drop_emb = dropout_forward(h, p_drop, rng, training)
+    blocks = []
+    n_keys = offset + T
+    for i in range(config.n_layers):
+        p = f"blocks.{i}."
+        a, c_ln1 = layer_norm_forward(h, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
+        core_options = None
+        if p_drop > 0:                                                         # attention-probability dropout
+            keep = rng.random((B, config.n_heads, T, n_keys)) >= p_drop
+            core_options = {"dropout_p": p_drop, "dropout_mask": keep}
+        y, c_attn = mha_forward(a, params, prefix=p + "attn", n_heads=config.n_heads, core=config.attention,
+                                causal=True, attn_bias=pos.attn_bias, rope=pos.rope,
+                                kv_cache=None if kv_cache is None else kv_cache[i], linears=linears,
+                                core_options=core_options)                    # (B, T, D)
+        y, c_d1 = dropout_forward(y, p_drop, rng, training)
+        h = h + y
+        a2, c_ln2 = layer_norm_forward(h, params[p + "ln2.weight"], params[p + "ln2.bias"], eps=config.ln_eps)
+        m, c_fc1 = _project_forward(a2, params, p + "mlp.w1", p + "mlp.b1", linears)       # (B, T, F)
+        g, c_gelu = gelu_forward(m, approximate="tanh")
+        m2, c_fc2 = _project_forward(g, params, p + "mlp.w2", p + "mlp.b2", linears)       # (B, T, D)
+        m2, c_d2 = dropout_forward(m2, p_drop, rng, training)
+        h = h + m2
+        blocks.append(BlockCache(c_ln1, c_attn, c_d1, c_ln2, c_fc1, c_gelu, c_fc2, c_d2))
+    hf, c_lnf = layer_norm_forward(h, params["ln_f.weight"], params["ln_f.bias"], eps=config.ln_eps)
+    if config.tie_embeddings:
+        logits, c_head = linear_forward(hf, params["tok_emb"].T)                # (B, T, V)
+    else:
+        logits, c_head = _project_forward(hf, params, "lm_head", None, linears)  # (B, T, V)
+    cache = TransformerCache(emb=c_emb, drop_emb=c_drop_emb, blocks=blocks, ln_f=c_lnf, head=c_head,
+                             tied=config.tie_embeddings,
+                             learned_pos=None if learned_pos is None else (*learned_pos, *params["pos_emb"].shape),
+                             decoding=kv_cache is not None, dtype=dtype)
+    return logits, cache
+
+
+def backward(dlogits, cache: TransformerCache) -> dict[str, np.ndarray]:
+    """Gradients of every parameter used by forward (same keys as params; with ``linears``, the
+    overrides' own keys instead of the weights they replace). Reverse of forward, op by op; the
+    residual stream's gradient is the sum of the skip path and the branch (dh += dbranch/dh)."""
+    if not isinstance(cache, TransformerCache):
+        validate.fail("cache", "the TransformerCache returned by forward", type(cache).__name__)
+    if cache.decoding:
+        validate.fail("cache", "a cache from forward without kv_cache (decode steps are forward-only)",
+                      "a decoding cache")
+    dlogits = validate.float_array(dlogits, "dlogits", ndim=3)
+    grads: dict = {}
+    if cache.tied:
+        dhf, dw, _ = linear_backward(dlogits, cache.head)                      # dw: (D, V) = d(E^T)
+        _add_grads(grads, {"tok_emb": dw.T})
+    else:
+        dhf, g = _project_backward(dlogits, cache.head)
+        _add_grads(grads, g)
+    dh, dw, db = layer_norm_backward(dhf, cache.ln_f)                          # (B, T, D)
+    _add_grads(grads, {"ln_f.weight": dw, "ln_f.bias": db})
+    for i in reversed(range(len(cache.blocks))):
+        c = cache.blocks[i]
+        p = f"blocks.{i}."
+        dm2 = dropout_backward(dh, c.drop_mlp)
+        dg, g = _project_backward(dm2, c.fc2)
+        _add_grads(grads, g)
+        dm = gelu_backward(dg, c.gelu)
+        da2, g = _project_backward(dm, c.fc1)
+        _add_grads(grads, g)
+        dres, dw, db = layer_norm_backward(da2, c.ln2)
+        _add_grads(grads, {p + "ln2.weight": dw, p + "ln2.bias": db})
+        dh = dh + dres                                                         # residual: skip + branch
+        dy = dropout_backward(dh, c.drop_attn)
+        da, g = mha_backward(dy, c.attn)
+        _add_grads(grads, g)
+        dres, dw, db = layer_norm_backward(da, c.ln1)
+        _add_grads(grads, {p + "ln1.weight": dw, p + "ln1.bias": db})
+        dh = dh + dres
+    dh = dropout_backward(dh, cache.drop_emb)
+    if cache.learned_pos is not None:
+        offset, t, max_len, d = cache.learned_pos
+        dpos = np.zeros((max_len, d), dtype=cache.dtype)
+        dpos[offset:offset + t] = dh.sum(axis=0)                               # positions shared over the batch
+        _add_grads(grads, {"pos_emb": dpos})
+    _add_grads(grads, {"tok_emb": embedding_backward(dh, cache.emb)})
+    return grads
+
+
+def loss_and_grads(params, config, inputs, targets, *, rng=None, linears=None):
+    """Mean next-token cross-entropy over targets != -100 and its gradients (training mode: dropout
+    from ``rng`` when config.dropout > 0). inputs, targets: (B, T) int. Returns (loss, grads)."""
+    config = _check_config(config)
+    if config.dropout > 0 and rng is None:
+        validate.fail("rng", "a numpy.random.Generator when config.dropout > 0", "None")
+    logits, cache = forward(params, config, inputs, rng=rng, training=True, linears=linears)
+    loss, c_ce = cross_entropy_forward(logits, targets)
+    return loss, backward(cross_entropy_backward(1.0, c_ce), cache)
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+def sample_logits(logits, rng=None, *, temperature=1.0, top_k=None, greedy=False):
+    """One token per row of logits (B, V): argmax if greedy, else a draw from softmax(logits / T)
+    restricted to the top_k largest logits (ties at the k-th value are kept). Returns (B,) int64."""
+    logits = validate.float_array(logits, "logits", ndim=2)
+    V = logits.shape[1]
+    if greedy:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    rng = validate.rng(rng)
+    temperature = validate.positive(temperature, "temperature")
+    z = logits.astype(np.float64) / temperature                               # (B, V)
+    if top_k is not None:
+        top_k = validate.integer(top_k, "top_k", low=1, high=V)
+        kth = np.sort(z, axis=-1)[:, V - top_k][:, None]                      # (B, 1) k-th largest
+        z = np.where(z >= kth, z, -np.inf)
+    z = z - z.max(axis=-1, keepdims=True)
+    probs = np.exp(z)
+    cdf = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)       # (B, V)
+    u = rng.random((logits.shape[0], 1))
+    return np.minimum(np.sum(cdf < u, axis=-1), V - 1).astype(np.int64)
+
+
+def generate(params, config, prompt, n_new, *, rng=None, temperature=1.0, top_k=None, greedy=False, linears=None):
+    """Continue ``prompt`` (B, T0) by ``n_new`` tokens with a KV cache (one prefill forward, then one
+    position per step). rng is required unless greedy. Returns (B, T0 + n_new) int64."""
+    config = _check_config(config)
+    prompt = validate.int_array(prompt, "prompt", ndim=2, low=0, high=config.vocab_size)
+    if prompt.shape[1] < 1:
+        validate.fail("prompt", "at least one token", prompt.shape)
+    n_new = validate.integer(n_new, "n_new", low=0)
+    if prompt.shape[1] + n_new > config.max_len:
+        validate.fail("n_new", f"prompt length + n_new <= max_len={config.max_len}", prompt.shape[1] + n_new)
+    if not greedy:
+        rng = validate.rng(rng)
+        validate.positive(temperature, "temperature")
+    dtype = _check_params(params, config, linears)
+    cache = new_kv_cache(config, prompt.shape[0], dtype)
+    logits, _ = forward(params, config, prompt, kv_cache=cache, linears=linears)
+    out = [prompt.astype(np.int64)]
+    for step in range(n_new):
+        tok = sample_logits(logits[:, -1], rng, temperature=temperature, top_k=top_k, greedy=greedy)   # (B,)
+        out.append(tok[:, None])
+        if step < n_new - 1:
+            logits, _ = forward(params, config, tok[:, None], kv_cache=cache, linears=linears)
+    return np.concatenate(out, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry: the whole tiny model, float64. The key biases attn.bk get exactly zero gradient
+# (softmax shift invariance, see attention/multihead.py), so they are left out of ``wrt``.
+
+def _tiny_config(**kw):
+    return TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_ff=16, max_len=5, **kw)
+
+
+def _tf_inputs(config, seed_tokens=0):
+    def make(rng):
+        params = init_params(config, rng)
+        for k in params:                                   # move away from the all-zero-bias init
+            params[k] = params[k] + 0.3 * rng.standard_normal(params[k].shape)
+        tokens = rng.integers(0, config.vocab_size, size=(2, 5))
+        return {"_tokens": tokens, "_config": config, **params}
+    return make
+
+
+def _tf_forward(_tokens, _config, **params):
+    return forward(params, _config, _tokens)
+
+
+def _tf_wrt(config):
+    return tuple(k for k in param_shapes(config) if not k.endswith("attn.bk"))
+
+
+_COVERS = ("scratch_transformers.models.transformer.backward",)
+GRADCHECKS = [
+    Op(name=f"transformer_tiny_{name}", forward=_tf_forward, backward=lambda dy, cache: backward(dy, cache),
+       make_inputs=_tf_inputs(cfg), covers=_COVERS, wrt=_tf_wrt(cfg), max_entries=24)
+    for name, cfg in [("learned", _tiny_config()),
+                      ("rope_tied", _tiny_config(positions="rope", tie_embeddings=True, rope_scale=2.0)),
+                      ("alibi", _tiny_config(positions="alibi", alibi_scale=0.5))]
+]

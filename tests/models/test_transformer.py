@@ -309,3 +309,17 @@ def test_backward_refuses_decode_cache(rng):
     logits, cache = tf.forward(params, config, rng.integers(0, 7, size=(1, 3)), kv_cache=tf.new_kv_cache(config, 1))
     with pytest.raises(ValueError, match="^cache: expected"):
         tf.backward(logits, cache)
+
+
+def test_flash_attention_config_matches_reference(rng):
+    ref_cfg = tiny(positions="alibi")
+    flash_cfg = dataclasses.replace(ref_cfg, attention="flash")
+    params = noisy_params(ref_cfg, rng)
+    tokens = rng.integers(0, 7, size=(2, 9))
+    l_ref, c_ref = tf.forward(params, ref_cfg, tokens)
+    l_fl, c_fl = tf.forward(params, flash_cfg, tokens)
+    np.testing.assert_allclose(l_fl, l_ref, rtol=1e-12, atol=1e-12)
+    d = rng.standard_normal(l_ref.shape)
+    g_ref, g_fl = tf.backward(d, c_ref), tf.backward(d, c_fl)
+    for k in g_ref:
+        np.testing.assert_allclose(g_fl[k], g_ref[k], rtol=1e-10, atol=1e-12)

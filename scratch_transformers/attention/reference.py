@@ -124,7 +124,7 @@ def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="to
         validate.fail("dropout_mask", "an explicit boolean keep-mask when dropout_p > 0", "None")
 
     # S = tau Q K^T (+ bias), then S^masked = MASK(S)        (App. B.3; Alg. 2 lines 10-11)
-    s = scale * np.einsum("bhid,bhjd->bhij", q, k)                   # (B, H, Nq, Nk)
+    s = scale * (q @ k.swapaxes(-1, -2))                             # (B, H, Nq, Nk)
     if bias is not None:
         s = s + bias
     vis = visible_mask(n_q, n_k, causal=bool(causal), causal_alignment=causal_alignment,
@@ -145,7 +145,7 @@ def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="to
     if dropout_mask is not None:
         z = np.broadcast_to(dropout_mask, target).astype(q.dtype) / q.dtype.type(1.0 - dropout_p)
         p_used = p * z
-    out = np.einsum("bhij,bhjd->bhid", p_used, v)                     # O = P^dropped V   (B, H, Nq, dv)
+    out = p_used @ v                                                  # O = P^dropped V   (B, H, Nq, dv)
     cache = AttentionCache(q=q, k=k, v=v, p=p, z=z, out=out, lse=lse, scale=float(scale),
                            bias_shape=None if bias is None else bias.shape)
     return out, cache
@@ -169,14 +169,14 @@ def attention_backward(dout, cache: AttentionCache):
         validate.fail("cache", "the AttentionCache returned by attention_forward", type(cache).__name__)
     dout = validate.array(dout, "dout", shape=cache.out.shape, dtype=cache.out.dtype)
     p_used = cache.p if cache.z is None else cache.p * cache.z
-    dv = np.einsum("bhij,bhid->bhjd", p_used, dout)                   # eq. (3)       (B, H, Nk, dv)
-    dp = np.einsum("bhid,bhjd->bhij", dout, cache.v)                  # dP = dO V^T   (B, H, Nq, Nk)
+    dv = p_used.swapaxes(-1, -2) @ dout                               # eq. (3)       (B, H, Nk, dv)
+    dp = dout @ cache.v.swapaxes(-1, -2)                              # dP = dO V^T   (B, H, Nq, Nk)
     if cache.z is not None:
         dp = dp * cache.z                                             # Alg. 4 line 18
     d_row = np.sum(dout * cache.out, axis=-1, keepdims=True)          # eq. (4)       (B, H, Nq, 1)
     ds = cache.p * (dp - d_row)                                       # dS = P o (dP - D)
-    dq = cache.scale * np.einsum("bhij,bhjd->bhid", ds, cache.k)      # eq. (5)       (B, H, Nq, d)
-    dk = cache.scale * np.einsum("bhij,bhid->bhjd", ds, cache.q)      # eq. (6)       (B, H, Nk, d)
+    dq = cache.scale * (ds @ cache.k)                                 # eq. (5)       (B, H, Nq, d)
+    dk = cache.scale * (ds.swapaxes(-1, -2) @ cache.q)                # eq. (6)       (B, H, Nk, d)
     dbias = None if cache.bias_shape is None else _reduce_to_shape(ds, cache.bias_shape)
     t = cache.q.dtype
     return dq.astype(t, copy=False), dk.astype(t, copy=False), dv.astype(t, copy=False), (

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import validate
 from .optim import clip_grad_norm

@@ -77,6 +77,15 @@ def _keep(seed, counter, threshold):
     return (z >> _S11) >= threshold
 
 
+@njit(cache=True)
+def _kept(zmask, has_zmask, b, h, i, j, seed, counter, threshold):
+    """Dropout keep decision for entry (b, h, i, j): the caller's explicit mask if one was given,
+    else the counter-based generator."""
+    if has_zmask:
+        return zmask[b, h, i, j]
+    return _keep(seed, counter, threshold)
+
+
 def _dropout_threshold(p: float) -> np.uint64:
     """Keep iff top-53-bit uniform integer >= ceil(p * 2^53): keep probability 1 - p (to 2^-53)."""
     return np.uint64(math.ceil(p * 2.0 ** 53))
@@ -114,19 +123,62 @@ def flash_dropout_mask(seed, shape, dropout_p):
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared tile helpers (all loops over d innermost and contiguous, so LLVM vectorises them
-# without fastmath: each is an element-wise axpy, never a floating-point reduction).
+# Shared tile helpers: the three small matrix products of the algorithms, written as loops whose
+# innermost index is contiguous, so LLVM vectorises them without fastmath (each is an element-wise
+# multiply-add over a row, never a floating-point reduction). The middle index is unrolled by 4
+# so every load/store of the output row carries 4 multiply-adds instead of 1.
 
 @njit(cache=True)
-def _score_tile(q_t, kt_t, br, bc, d, s):
-    """s[:br, :bc] = q_t[:br] @ kt_t[:, :bc]  (q_t already holds tau * Q_i; kt_t is K_j^T)."""
-    for r in range(br):
-        for c in range(bc):
-            s[r, c] = 0.0
-        for t in range(d):
-            a = q_t[r, t]
-            for c in range(bc):
-                s[r, c] += a * kt_t[t, c]
+def _mm_abt(a, bt, rows, cols, inner, out):
+    """out[:rows, :cols] = a[:rows, :inner] @ bt[:inner, :cols]   (e.g. S = (tau Q_i) K_j^T with bt = K_j^T)."""
+    for r in range(rows):
+        for c in range(cols):
+            out[r, c] = 0.0
+        t = 0
+        while t + 4 <= inner:
+            a0, a1, a2, a3 = a[r, t], a[r, t + 1], a[r, t + 2], a[r, t + 3]
+            for c in range(cols):
+                out[r, c] += a0 * bt[t, c] + a1 * bt[t + 1, c] + a2 * bt[t + 2, c] + a3 * bt[t + 3, c]
+            t += 4
+        while t < inner:
+            a0 = a[r, t]
+            for c in range(cols):
+                out[r, c] += a0 * bt[t, c]
+            t += 1
+
+
+@njit(cache=True)
+def _mm_acc_ab(p, b, rows, inner, cols, out):
+    """out[:rows, :cols] += p[:rows, :inner] @ b[:inner, :cols]   (e.g. O~ += P~ V_j, dQ_i += dS K_j)."""
+    for r in range(rows):
+        c = 0
+        while c + 4 <= inner:
+            p0, p1, p2, p3 = p[r, c], p[r, c + 1], p[r, c + 2], p[r, c + 3]
+            for t in range(cols):
+                out[r, t] += p0 * b[c, t] + p1 * b[c + 1, t] + p2 * b[c + 2, t] + p3 * b[c + 3, t]
+            c += 4
+        while c < inner:
+            p0 = p[r, c]
+            for t in range(cols):
+                out[r, t] += p0 * b[c, t]
+            c += 1
+
+
+@njit(cache=True)
+def _mm_acc_atb(p, b, inner, rows, cols, out):
+    """out[:rows, :cols] += p[:inner, :rows]^T @ b[:inner, :cols]   (dV_j += P^T dO_i, dK_j += dS^T Q_i)."""
+    for c in range(rows):
+        r = 0
+        while r + 4 <= inner:
+            p0, p1, p2, p3 = p[r, c], p[r + 1, c], p[r + 2, c], p[r + 3, c]
+            for t in range(cols):
+                out[c, t] += p0 * b[r, t] + p1 * b[r + 1, t] + p2 * b[r + 2, t] + p3 * b[r + 3, t]
+            r += 4
+        while r < inner:
+            p0 = p[r, c]
+            for t in range(cols):
+                out[c, t] += p0 * b[r, t]
+            r += 1
 
 
 @njit(cache=True)
@@ -151,7 +203,7 @@ def _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm, ne
 
 @njit(cache=True, parallel=True)
 def _fa2_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, seed, threshold,
-                        inv_keep, has_dropout, block_q, block_k, n_workers, out, lse):
+                        zmask, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, out, lse):
     n_b, n_h, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
     t_r = (n_q + block_q - 1) // block_q
@@ -185,29 +237,32 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
                         kt_t[t, c] = k[b, h, c0 + c, t]
                     for t in range(d_v):
                         v_t[c, t] = v[b, h, c0 + c, t]
-                _score_tile(q_t, kt_t, br, bc, d, s)             # line 8: S = tau Q_i K_j^T
+                _mm_abt(q_t, kt_t, br, bc, d, s)                 # line 8: S = tau Q_i K_j^T
                 _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm,
                            c0 + bc - 1 > r0 + offset)            # only diagonal tiles need the mask
                 for r in range(br):
                     m_new = m[r]                                 # line 9: m = max(m_old, rowmax S)
                     for c in range(bc):
                         m_new = max(m_new, s[r, c])
-                    if m_new == -np.inf:                         # row sees no key yet: nothing to add
+                    if m_new == -np.inf:                         # row sees no key yet: P~ row = 0
+                        for c in range(bc):
+                            s[r, c] = 0.0
                         continue
                     alpha = np.exp(m[r] - m_new)                 # e^{m_old - m_new} (0 if m_old = -inf)
-                    l[r] *= alpha
-                    for t in range(d_v):                         # line 10: diag(alpha) O~
-                        acc[r, t] *= alpha
                     m[r] = m_new
-                    base = ((b * n_h + h) * n_q + r0 + r) * n_k + c0
+                    l_r = l[r] * alpha
+                    for t in range(d_v):                         # line 10: diag(alpha) O~ ...
+                        acc[r, t] *= alpha
                     for c in range(bc):
-                        p = np.exp(s[r, c] - m_new)              # line 9: P~ = exp(S - m)
-                        l[r] += p                                # line 9: l += rowsum P~ (undropped)
-                        if has_dropout:                          # Alg. 2 line 14: P~ o Z
-                            p = p * inv_keep if _keep(seed, base + c, threshold) else 0.0
-                        if p != 0.0:
-                            for t in range(d_v):                 # line 10: + P~ V_j
-                                acc[r, t] += p * v_t[c, t]
+                        s[r, c] = np.exp(s[r, c] - m_new)        # line 9: P~ = exp(S - m)
+                        l_r += s[r, c]                           # line 9: l += rowsum P~ (undropped)
+                    l[r] = l_r
+                    if has_dropout:                              # Alg. 2 line 14: P~ o Z
+                        base = ((b * n_h + h) * n_q + r0 + r) * n_k + c0
+                        for c in range(bc):
+                            s[r, c] = s[r, c] * inv_keep if _kept(zmask, has_zmask, b, h, r0 + r, c0 + c, seed, base + c,
+                                                                 threshold) else 0.0
+                _mm_acc_ab(s, v_t, br, bc, d_v, acc)             # line 10: ... + P~ V_j
             for r in range(br):                                  # lines 12-15
                 if l[r] > 0.0:
                     inv_l = 1.0 / l[r]
@@ -225,7 +280,7 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
 
 @njit(cache=True, parallel=True)
 def _fa1_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, seed, threshold,
-                        inv_keep, has_dropout, block_q, block_k, out, ell, m_hbm):
+                        zmask, has_zmask, inv_keep, has_dropout, block_q, block_k, out, ell, m_hbm):
     n_b, n_h, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
     for bh in prange(n_b * n_h):                                 # FA-1: one worker per (batch, head)
@@ -253,7 +308,7 @@ def _fa1_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
                 for r in range(br):                              # line 8: load Q_i (l_i, m_i, O_i below)
                     for t in range(d):
                         q_t[r, t] = q[b, h, r0 + r, t] * scale
-                _score_tile(q_t, kt_t, br, bc, d, s)             # line 9: S_ij = tau Q_i K_j^T
+                _mm_abt(q_t, kt_t, br, bc, d, s)                 # line 9: S_ij = tau Q_i K_j^T
                 _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm,
                            c0 + bc - 1 > r0 + offset)            # Alg. 2 line 11: MASK
                 for r in range(br):
@@ -279,7 +334,8 @@ def _fa1_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
                         for c in range(bc):                      # ... + e^{m~ - m_new} P~ V_j
                             p = s[r, c]
                             if has_dropout:                      # Alg. 2 line 15: dropped P~
-                                p = p * inv_keep if _keep(seed, base + c, threshold) else 0.0
+                                p = p * inv_keep if _kept(zmask, has_zmask, b, h, i, c0 + c, seed, base + c,
+                                                             threshold) else 0.0
                             pv += p * v_t[c, t]
                         out[b, h, i, t] = (o + a_new * pv) / l_new   # line 12: diag(l_new)^-1 (...), write
                     ell[b, h, i] = l_new                         # line 13: write l_i, m_i
@@ -291,7 +347,7 @@ def _fa1_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
 
 @njit(cache=True, parallel=True)
 def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, has_bias, kpm, has_kpm, seed,
-                     threshold, inv_keep, has_dropout, block_q, block_k, n_workers, dq, dk, dv,
+                     threshold, zmask, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, dq, dk, dv,
                      dbias, bias_strides, per_worker_dbias):
     n_b, n_h, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
@@ -299,17 +355,19 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, has_bias, k
     for w in prange(n_workers):                                 # worker w owns whole (b, h) pairs:
         q_t = np.empty((block_q, d), q.dtype)                   # dQ's read-modify-write has no race
         do_t = np.empty((block_q, d_v), q.dtype)
+        dq_t = np.empty((block_q, d), q.dtype)
         k_t = np.empty((block_k, d), q.dtype)
         kt_t = np.empty((d, block_k), q.dtype)
         vt_t = np.empty((d_v, block_k), q.dtype)
         dk_t = np.empty((block_k, d), q.dtype)
         dv_t = np.empty((block_k, d_v), q.dtype)
-        p = np.empty((block_q, block_k), q.dtype)
-        dp = np.empty((block_q, block_k), q.dtype)
+        p = np.empty((block_q, block_k), q.dtype)               # S, then P
+        p_drop = np.empty((block_q, block_k), q.dtype) if has_dropout else p   # P o Z
+        ds = np.empty((block_q, block_k), q.dtype)              # dP, then dS
         wb = np.int64(w) if per_worker_dbias else np.int64(0)
         for bh in range(w, n_b * n_h, n_workers):
             b, h = bh // n_h, bh % n_h
-            for i in range(n_q):                                 # line 3: dQ = 0
+            for i in range(n_q):                                 # line 3: dQ = 0 (in HBM)
                 for t in range(d):
                     dq[b, h, i, t] = 0.0
             for c0 in range(0, n_k, block_k):                   # line 5: for j in 1..T_c
@@ -322,47 +380,46 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, has_bias, k
                     for t in range(d_v):
                         vt_t[t, c] = v[b, h, c0 + c, t]
                         dv_t[c, t] = 0.0
-                first_row = max(0, c0 - offset)                 # causal: earlier query blocks skipped
+                first_row = max(0, c0 - offset)                 # causal: query blocks above skipped
                 for r0 in range((first_row // block_q) * block_q, n_q, block_q):   # line 8: for i
                     br = min(block_q, n_q - r0)
-                    for r in range(br):                         # line 9: load Q_i, dO_i (L_i, D_i)
+                    for r in range(br):                         # line 9: load Q_i, dO_i, dQ_i
                         for t in range(d):
                             q_t[r, t] = q[b, h, r0 + r, t] * scale
+                            dq_t[r, t] = 0.0
                         for t in range(d_v):
                             do_t[r, t] = dout[b, h, r0 + r, t]
-                    _score_tile(q_t, kt_t, br, bc, d, p)        # line 10: S = tau Q_i K_j^T
+                    _mm_abt(q_t, kt_t, br, bc, d, p)            # line 10: S = tau Q_i K_j^T
                     _mask_tile(p, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm,
                                c0 + bc - 1 > r0 + offset)
-                    _score_tile(do_t, vt_t, br, bc, d_v, dp)    # line 13: dP = dO_i V_j^T
+                    _mm_abt(do_t, vt_t, br, bc, d_v, ds)        # line 13: dP = dO_i V_j^T
                     for r in range(br):
                         i = r0 + r
                         L = lse[b, h, i]
+                        D = d_row[b, h, i]
                         base = ((b * n_h + h) * n_q + i) * n_k + c0
                         for c in range(bc):
-                            if L == -np.inf:                    # fully masked row: P = 0
+                            if L == -np.inf:                    # a row that sees no key: P = 0
                                 p[r, c] = 0.0
                             else:
                                 p[r, c] = np.exp(p[r, c] - L)   # line 11: P = exp(S - L)
-                            pd = p[r, c]
                             if has_dropout:                     # Alg. 4 lines 14-15, 18: Z on P and dP
-                                if _keep(seed, base + c, threshold):
-                                    pd = pd * inv_keep
-                                    dp[r, c] *= inv_keep
+                                if _kept(zmask, has_zmask, b, h, i, c0 + c, seed, base + c, threshold):
+                                    p_drop[r, c] = p[r, c] * inv_keep
+                                    ds[r, c] *= inv_keep
                                 else:
-                                    pd = 0.0
-                                    dp[r, c] = 0.0
-                            if pd != 0.0:
-                                for t in range(d_v):            # line 12: dV_j += P^T dO_i
-                                    dv_t[c, t] += pd * do_t[r, t]
-                            ds = p[r, c] * (dp[r, c] - d_row[b, h, i])   # line 14: dS = P o (dP - D)
-                            if has_bias:
-                                dbias[wb, b * sb, h * sh, i * si, (c0 + c) * sj] += ds
-                            if ds != 0.0:
-                                for t in range(d):              # line 16: dK_j += dS^T (tau Q_i)
-                                    dk_t[c, t] += ds * q_t[r, t]
-                                dsk = ds * scale
-                                for t in range(d):              # line 15: dQ_i += tau dS K_j (HBM)
-                                    dq[b, h, i, t] += dsk * k_t[c, t]
+                                    p_drop[r, c] = 0.0
+                                    ds[r, c] = 0.0
+                            ds[r, c] = p[r, c] * (ds[r, c] - D)  # line 14: dS = P o (dP - D)
+                        if has_bias:                            # dbias += dS (reduced to the bias's shape)
+                            for c in range(bc):
+                                dbias[wb, b * sb, h * sh, i * si, (c0 + c) * sj] += ds[r, c]
+                    _mm_acc_atb(p_drop, do_t, br, bc, d_v, dv_t)   # line 12: dV_j += (P o Z)^T dO_i
+                    _mm_acc_atb(ds, q_t, br, bc, d, dk_t)       # line 16: dK_j += dS^T (tau Q_i)
+                    _mm_acc_ab(ds, k_t, br, bc, d, dq_t)        # line 15: dQ_i += tau dS K_j ...
+                    for r in range(br):                         # ... read-modify-write in HBM
+                        for t in range(d):
+                            dq[b, h, r0 + r, t] += scale * dq_t[r, t]
                 for c in range(bc):                             # line 18: write dK_j, dV_j
                     for t in range(d):
                         dk[b, h, c0 + c, t] = dk_t[c, t]
@@ -385,6 +442,7 @@ class FlashCache(NamedTuple):
     key_padding_mask: np.ndarray | None   # (B, Nk) bool, True = padded key
     dropout_p: float
     dropout_seed: int             # the counter-based generator's seed (the whole "RNG state" R)
+    dropout_mask: np.ndarray | None   # an explicit keep-mask given instead of a seed (else None)
     block_q: int                  # B_r
     block_k: int                  # B_c
 
@@ -421,34 +479,42 @@ def _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, d
             validate.fail("bias", "values without NaN or +inf (-inf masks)", "NaN or +inf")
         bias4 = np.broadcast_to(bias.reshape((1,) * (4 - bias.ndim) + bias.shape), target)  # strided view
     else:
-        bias4 = np.zeros((1, 1, 1, 1), q.dtype)
+        bias4 = np.broadcast_to(np.zeros((1, 1, 1, 1), q.dtype), target)   # never read (has_bias False)
     if key_padding_mask is not None:
         key_padding_mask = validate.bool_array(key_padding_mask, "key_padding_mask", shape=(b, n_k))
         kpm = np.ascontiguousarray(key_padding_mask)
     else:
-        kpm = np.zeros((1, 1), dtype=np.bool_)
+        kpm = np.zeros((b, n_k), dtype=np.bool_)                             # never read
     dropout_p = validate.probability(dropout_p, "dropout_p")
-    if dropout_mask is not None:
-        validate.fail("dropout_mask", "None (flash attention regenerates its mask from dropout_seed; "
-                      "flash_dropout_mask(seed, shape, p) materialises it)", "an array")
+    if dropout_mask is not None:            # an explicit keep-mask (drop-in for the reference's option)
+        dropout_mask = validate.bool_array(dropout_mask, "dropout_mask")
+        validate.broadcastable(dropout_mask, "dropout_mask", target)
+        if dropout_seed is not None or rng is not None:
+            validate.fail("dropout_seed", "None when an explicit dropout_mask is given", repr(dropout_seed))
+        if dropout_p == 0.0:
+            validate.fail("dropout_p", "> 0 when a dropout_mask is given", dropout_p)
     if dropout_seed is not None:
         dropout_seed = validate.integer(dropout_seed, "dropout_seed")
     elif rng is not None:
         dropout_seed = int(validate.rng(rng).integers(0, 2 ** 63))
-    elif dropout_p > 0:
+    elif dropout_p > 0 and dropout_mask is None:
         validate.fail("dropout_seed", "an int (or rng=Generator) when dropout_p > 0", "None")
     else:
         dropout_seed = 0
     offset = (0 if causal_alignment == "top_left" else n_k - n_q) if causal else _NO_CAUSAL
     q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
-    return dict(q=q, k=k, v=v, scale=scale, offset=offset, bias=bias, bias4=bias4, kpm=kpm,
+    if dropout_mask is not None:
+        zmask = np.broadcast_to(dropout_mask.reshape((1,) * (4 - dropout_mask.ndim) + dropout_mask.shape), target)
+    else:
+        zmask = np.broadcast_to(np.zeros((1, 1, 1, 1), np.bool_), target)   # never read
+    return dict(zmask=zmask, dropout_mask=dropout_mask, q=q, k=k, v=v, scale=scale, offset=offset, bias=bias, bias4=bias4, kpm=kpm,
                 key_padding_mask=key_padding_mask, dropout_p=dropout_p, dropout_seed=dropout_seed,
                 block_q=block_q, block_k=block_k)
 
 
-def _dropout_args(dtype, dropout_p, dropout_seed):
+def _dropout_args(dtype, dropout_p, dropout_seed, zmask, has_zmask):
     inv_keep = dtype.type(1.0 / (1.0 - dropout_p))
-    return _seed64(dropout_seed), _dropout_threshold(dropout_p), inv_keep, dropout_p > 0
+    return _seed64(dropout_seed), _dropout_threshold(dropout_p), zmask, has_zmask, inv_keep, dropout_p > 0
 
 
 def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
@@ -466,7 +532,8 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     padded): as ``attention.reference.attention_forward``. dropout_p with dropout_seed (int; or
     rng, from which a seed is drawn): counter-based dropout, see the module docstring.
     block_q, block_k: B_r and B_c, any positive ints (N need not be a multiple).
-    dropout_mask must be None (accepted only so that callers of the reference can pass it through).
+    dropout_mask: optional explicit boolean keep-mask broadcastable to (B, H, Nq, Nk), used instead of
+    the generator (a drop-in for the reference's option; it is an N x N input the caller made).
 
     Returns out (B, H, Nq, dv) in the input dtype and a FlashCache (cache.lse: (B, H, Nq)).
     """
@@ -476,21 +543,22 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     n_b, n_h, n_q, _ = q.shape
     out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)
     lse = np.empty((n_b, n_h, n_q), q.dtype)
-    seed, thr, inv_keep, has_drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"])
+    drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["zmask"], a["dropout_mask"] is not None)
     n_items = n_b * n_h * -(-n_q // a["block_q"])
     with np.errstate(over="ignore"):   # splitmix64 wraps around uint64 on purpose (NUMBA_DISABLE_JIT=1)
         _fa2_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], a["bias4"], a["bias"] is not None,
-                            a["kpm"], a["key_padding_mask"] is not None, seed, thr, inv_keep, has_drop,
+                            a["kpm"], a["key_padding_mask"] is not None, *drop,
                             a["block_q"], a["block_k"], _n_workers(n_items), out, lse)
     cache = FlashCache(q=q, k=k, v=v, out=out, lse=lse, scale=a["scale"], offset=a["offset"], bias=a["bias"],
                        key_padding_mask=a["key_padding_mask"], dropout_p=a["dropout_p"],
-                       dropout_seed=a["dropout_seed"], block_q=a["block_q"], block_k=a["block_k"])
+                       dropout_seed=a["dropout_seed"], dropout_mask=a["dropout_mask"], block_q=a["block_q"],
+                       block_k=a["block_k"])
     return out, cache
 
 
 def flash_attention_fa1_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
                                 key_padding_mask=None, dropout_p=0.0, dropout_seed=None, rng=None,
-                                block_q=64, block_k=64):
+                                block_q=64, block_k=64, dropout_mask=None):
     """FA-1 Algorithm 1 as printed (outer loop over K_j, V_j; inner over Q_i), with Algorithm 2's
     scale, mask and dropout. Every inner step reads O_i, l_i, m_i from "HBM" (the output arrays),
     updates them (line 12, normalised each time) and writes them back (line 13).
@@ -499,17 +567,17 @@ def flash_attention_fa1_forward(q, k, v, *, scale=None, causal=False, causal_ali
     m (B, H, Nq)): the paper's O, l, m (a row that sees no key has l = 0, m = -inf, O = 0).
     For rows with l > 0, L = m + log(l) equals ``flash_attention_forward``'s cache.lse.
     """
-    a = _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, None,
+    a = _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask,
                  dropout_seed, rng, block_q, block_k)
     q, k, v = a["q"], a["k"], a["v"]
     n_b, n_h, n_q, _ = q.shape
     out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)
     ell = np.empty((n_b, n_h, n_q), q.dtype)
     m = np.empty((n_b, n_h, n_q), q.dtype)
-    seed, thr, inv_keep, has_drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"])
+    drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["zmask"], a["dropout_mask"] is not None)
     with np.errstate(over="ignore"):
         _fa1_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], a["bias4"], a["bias"] is not None,
-                            a["kpm"], a["key_padding_mask"] is not None, seed, thr, inv_keep, has_drop,
+                            a["kpm"], a["key_padding_mask"] is not None, *drop,
                             a["block_q"], a["block_k"], out, ell, m)
     return out, ell, m
 
@@ -552,19 +620,24 @@ def flash_attention_backward(dout, cache: FlashCache):
         per_worker = (shape4[0] == 1 and n_b > 1) or (shape4[1] == 1 and n_h > 1)
         dbias = np.zeros(((n_workers if per_worker else 1),) + shape4, q.dtype)
     else:
-        bias4 = np.zeros((1, 1, 1, 1), q.dtype)
+        bias4 = np.broadcast_to(np.zeros((1, 1, 1, 1), q.dtype), (n_b, n_h, n_q, n_k))
         strides = (np.int64(0),) * 4
         per_worker = False
         dbias = np.zeros((1, 1, 1, 1, 1), q.dtype)
     kpm = (np.ascontiguousarray(cache.key_padding_mask) if cache.key_padding_mask is not None
-           else np.zeros((1, 1), dtype=np.bool_))
+           else np.zeros((n_b, n_k), dtype=np.bool_))
     dq = np.empty_like(q)
     dk = np.empty_like(k)
     dv = np.empty_like(v)
-    seed, thr, inv_keep, has_drop = _dropout_args(q.dtype, cache.dropout_p, cache.dropout_seed)
+    if cache.dropout_mask is not None:
+        zmask = np.broadcast_to(cache.dropout_mask.reshape((1,) * (4 - cache.dropout_mask.ndim)
+                                                           + cache.dropout_mask.shape), (n_b, n_h, n_q, n_k))
+    else:
+        zmask = np.broadcast_to(np.zeros((1, 1, 1, 1), np.bool_), (n_b, n_h, n_q, n_k))
+    drop = _dropout_args(q.dtype, cache.dropout_p, cache.dropout_seed, zmask, cache.dropout_mask is not None)
     with np.errstate(over="ignore"):
         _backward_kernel(q, k, v, dout, cache.lse, d_row, q.dtype.type(cache.scale), cache.offset, bias4,
-                         has_bias, kpm, cache.key_padding_mask is not None, seed, thr, inv_keep, has_drop,
+                         has_bias, kpm, cache.key_padding_mask is not None, *drop,
                          cache.block_q, cache.block_k, n_workers, dq, dk, dv, dbias, strides, per_worker)
     if has_bias:
         dbias = (dbias[0] if dbias.shape[0] == 1 else dbias.sum(axis=0)).reshape(cache.bias.shape)

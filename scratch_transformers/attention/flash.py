@@ -78,11 +78,11 @@ def _keep(seed, counter, threshold):
 
 
 @njit(cache=True)
-def _kept(zmask, has_zmask, b, h, i, j, seed, counter, threshold):
-    """Dropout keep decision for entry (b, h, i, j): the caller's explicit mask if one was given,
-    else the counter-based generator."""
+def _kept(zmask, zst, has_zmask, b, h, i, j, seed, counter, threshold):
+    """Dropout keep decision for entry (b, h, i, j): the caller's explicit mask if one was given
+    (flat, with element strides zst), else the counter-based generator."""
     if has_zmask:
-        return zmask[b, h, i, j]
+        return zmask[b * zst[0] + h * zst[1] + i * zst[2] + j * zst[3]]
     return _keep(seed, counter, threshold)
 
 
@@ -182,13 +182,15 @@ def _mm_acc_atb(p, b, inner, rows, cols, out):
 
 
 @njit(cache=True)
-def _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm, need_causal):
-    """S^masked = MASK(S + bias): add the bias, put -inf at padded keys and above the diagonal."""
+def _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm, need_causal):
+    """S^masked = MASK(S + bias): add the bias, put -inf at padded keys and above the diagonal.
+    The bias is flat with element strides bst (0 on broadcast axes), so it is never expanded."""
     for r in range(br):
         i = r0 + r
         if has_bias:
+            row = b * bst[0] + h * bst[1] + i * bst[2]
             for c in range(bc):
-                s[r, c] += bias[b, h, i, c0 + c]
+                s[r, c] += bias[row + (c0 + c) * bst[3]]
         if has_kpm:
             for c in range(bc):
                 if kpm[b, c0 + c]:
@@ -202,8 +204,8 @@ def _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm, ne
 # FA-2 forward
 
 @njit(cache=True, parallel=True)
-def _fa2_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, seed, threshold,
-                        zmask, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, out, lse):
+def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed, threshold,
+                        zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, out, lse):
     n_b, n_h, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
     t_r = (n_q + block_q - 1) // block_q
@@ -238,7 +240,7 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
                     for t in range(d_v):
                         v_t[c, t] = v[b, h, c0 + c, t]
                 _mm_abt(q_t, kt_t, br, bc, d, s)                 # line 8: S = tau Q_i K_j^T
-                _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm,
+                _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
                            c0 + bc - 1 > r0 + offset)            # only diagonal tiles need the mask
                 for r in range(br):
                     m_new = m[r]                                 # line 9: m = max(m_old, rowmax S)
@@ -260,7 +262,7 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
                     if has_dropout:                              # Alg. 2 line 14: P~ o Z
                         base = ((b * n_h + h) * n_q + r0 + r) * n_k + c0
                         for c in range(bc):
-                            s[r, c] = s[r, c] * inv_keep if _kept(zmask, has_zmask, b, h, r0 + r, c0 + c, seed, base + c,
+                            s[r, c] = s[r, c] * inv_keep if _kept(zmask, zst, has_zmask, b, h, r0 + r, c0 + c, seed, base + c,
                                                                  threshold) else 0.0
                 _mm_acc_ab(s, v_t, br, bc, d_v, acc)             # line 10: ... + P~ V_j
             for r in range(br):                                  # lines 12-15
@@ -279,8 +281,8 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
 # FA-1 Algorithm 1 (as printed; with Algorithm 2's tau, mask and dropout)
 
 @njit(cache=True, parallel=True)
-def _fa1_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, seed, threshold,
-                        zmask, has_zmask, inv_keep, has_dropout, block_q, block_k, out, ell, m_hbm):
+def _fa1_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed, threshold,
+                        zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, out, ell, m_hbm):
     n_b, n_h, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
     for bh in prange(n_b * n_h):                                 # FA-1: one worker per (batch, head)
@@ -309,7 +311,7 @@ def _fa1_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
                     for t in range(d):
                         q_t[r, t] = q[b, h, r0 + r, t] * scale
                 _mm_abt(q_t, kt_t, br, bc, d, s)                 # line 9: S_ij = tau Q_i K_j^T
-                _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm,
+                _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
                            c0 + bc - 1 > r0 + offset)            # Alg. 2 line 11: MASK
                 for r in range(br):
                     i = r0 + r
@@ -334,7 +336,7 @@ def _fa1_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
                         for c in range(bc):                      # ... + e^{m~ - m_new} P~ V_j
                             p = s[r, c]
                             if has_dropout:                      # Alg. 2 line 15: dropped P~
-                                p = p * inv_keep if _kept(zmask, has_zmask, b, h, i, c0 + c, seed, base + c,
+                                p = p * inv_keep if _kept(zmask, zst, has_zmask, b, h, i, c0 + c, seed, base + c,
                                                              threshold) else 0.0
                             pv += p * v_t[c, t]
                         out[b, h, i, t] = (o + a_new * pv) / l_new   # line 12: diag(l_new)^-1 (...), write
@@ -346,12 +348,11 @@ def _fa1_forward_kernel(q, k, v, scale, offset, bias, has_bias, kpm, has_kpm, se
 # Backward (FA-2 Algorithm 2 / FA-1 Algorithm 4)
 
 @njit(cache=True, parallel=True)
-def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, has_bias, kpm, has_kpm, seed,
-                     threshold, zmask, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, dq, dk, dv,
-                     dbias, bias_strides, per_worker_dbias):
+def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed,
+                     threshold, zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, dq, dk, dv,
+                     dbias, per_worker_dbias):
     n_b, n_h, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
-    sb, sh, si, sj = bias_strides                               # 1 on axes dbias keeps, 0 on broadcast axes
     for w in prange(n_workers):                                 # worker w owns whole (b, h) pairs:
         q_t = np.empty((block_q, d), q.dtype)                   # dQ's read-modify-write has no race
         do_t = np.empty((block_q, d_v), q.dtype)
@@ -390,7 +391,7 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, has_bias, k
                         for t in range(d_v):
                             do_t[r, t] = dout[b, h, r0 + r, t]
                     _mm_abt(q_t, kt_t, br, bc, d, p)            # line 10: S = tau Q_i K_j^T
-                    _mask_tile(p, b, h, r0, c0, br, bc, offset, bias, has_bias, kpm, has_kpm,
+                    _mask_tile(p, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
                                c0 + bc - 1 > r0 + offset)
                     _mm_abt(do_t, vt_t, br, bc, d_v, ds)        # line 13: dP = dO_i V_j^T
                     for r in range(br):
@@ -404,7 +405,7 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, has_bias, k
                             else:
                                 p[r, c] = np.exp(p[r, c] - L)   # line 11: P = exp(S - L)
                             if has_dropout:                     # Alg. 4 lines 14-15, 18: Z on P and dP
-                                if _kept(zmask, has_zmask, b, h, i, c0 + c, seed, base + c, threshold):
+                                if _kept(zmask, zst, has_zmask, b, h, i, c0 + c, seed, base + c, threshold):
                                     p_drop[r, c] = p[r, c] * inv_keep
                                     ds[r, c] *= inv_keep
                                 else:
@@ -412,8 +413,9 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, has_bias, k
                                     ds[r, c] = 0.0
                             ds[r, c] = p[r, c] * (ds[r, c] - D)  # line 14: dS = P o (dP - D)
                         if has_bias:                            # dbias += dS (reduced to the bias's shape)
+                            row = b * bst[0] + h * bst[1] + i * bst[2]
                             for c in range(bc):
-                                dbias[wb, b * sb, h * sh, i * si, (c0 + c) * sj] += ds[r, c]
+                                dbias[wb, row + (c0 + c) * bst[3]] += ds[r, c]
                     _mm_acc_atb(p_drop, do_t, br, bc, d_v, dv_t)   # line 12: dV_j += (P o Z)^T dO_i
                     _mm_acc_atb(ds, q_t, br, bc, d, dk_t)       # line 16: dK_j += dS^T (tau Q_i)
                     _mm_acc_ab(ds, k_t, br, bc, d, dq_t)        # line 15: dQ_i += tau dS K_j ...
@@ -477,9 +479,6 @@ def _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, d
         validate.broadcastable(bias, "bias", target)
         if np.any(np.isnan(bias)) or np.any(bias == np.inf):
             validate.fail("bias", "values without NaN or +inf (-inf masks)", "NaN or +inf")
-        bias4 = np.broadcast_to(bias.reshape((1,) * (4 - bias.ndim) + bias.shape), target)  # strided view
-    else:
-        bias4 = np.broadcast_to(np.zeros((1, 1, 1, 1), q.dtype), target)   # never read (has_bias False)
     if key_padding_mask is not None:
         key_padding_mask = validate.bool_array(key_padding_mask, "key_padding_mask", shape=(b, n_k))
         kpm = np.ascontiguousarray(key_padding_mask)
@@ -503,18 +502,34 @@ def _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, d
         dropout_seed = 0
     offset = (0 if causal_alignment == "top_left" else n_k - n_q) if causal else _NO_CAUSAL
     q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
-    if dropout_mask is not None:
-        zmask = np.broadcast_to(dropout_mask.reshape((1,) * (4 - dropout_mask.ndim) + dropout_mask.shape), target)
-    else:
-        zmask = np.broadcast_to(np.zeros((1, 1, 1, 1), np.bool_), target)   # never read
-    return dict(zmask=zmask, dropout_mask=dropout_mask, q=q, k=k, v=v, scale=scale, offset=offset, bias=bias, bias4=bias4, kpm=kpm,
+    return dict(dropout_mask=dropout_mask, q=q, k=k, v=v, scale=scale, offset=offset, bias=bias, kpm=kpm,
                 key_padding_mask=key_padding_mask, dropout_p=dropout_p, dropout_seed=dropout_seed,
                 block_q=block_q, block_k=block_k)
 
 
-def _dropout_args(dtype, dropout_p, dropout_seed, zmask, has_zmask):
+def _flat(x, dtype):
+    """An array broadcastable to (B, H, Nq, Nk) as (contiguous 1-D data, element strides with 0 on
+    its broadcast axes): one kernel signature for every bias / mask shape, nothing expanded."""
+    if x is None:
+        return np.zeros(1, dtype), (np.int64(0),) * 4
+    x4 = np.ascontiguousarray(x.reshape((1,) * (4 - x.ndim) + x.shape))
+    strides, step = [np.int64(0)] * 4, 1
+    for ax in range(3, -1, -1):
+        strides[ax] = np.int64(step if x4.shape[ax] != 1 else 0)
+        step *= x4.shape[ax]
+    return x4.reshape(-1), tuple(strides)
+
+
+def _bias_args(dtype, bias):
+    flat, strides = _flat(bias, dtype)
+    return flat, strides, bias is not None
+
+
+def _dropout_args(dtype, dropout_p, dropout_seed, dropout_mask):
     inv_keep = dtype.type(1.0 / (1.0 - dropout_p))
-    return _seed64(dropout_seed), _dropout_threshold(dropout_p), zmask, has_zmask, inv_keep, dropout_p > 0
+    zmask, zst = _flat(dropout_mask, np.bool_)
+    return (_seed64(dropout_seed), _dropout_threshold(dropout_p), zmask, zst, dropout_mask is not None,
+            inv_keep, dropout_p > 0)
 
 
 def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
@@ -543,10 +558,10 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     n_b, n_h, n_q, _ = q.shape
     out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)
     lse = np.empty((n_b, n_h, n_q), q.dtype)
-    drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["zmask"], a["dropout_mask"] is not None)
+    drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["dropout_mask"])
     n_items = n_b * n_h * -(-n_q // a["block_q"])
     with np.errstate(over="ignore"):   # splitmix64 wraps around uint64 on purpose (NUMBA_DISABLE_JIT=1)
-        _fa2_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], a["bias4"], a["bias"] is not None,
+        _fa2_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
                             a["kpm"], a["key_padding_mask"] is not None, *drop,
                             a["block_q"], a["block_k"], _n_workers(n_items), out, lse)
     cache = FlashCache(q=q, k=k, v=v, out=out, lse=lse, scale=a["scale"], offset=a["offset"], bias=a["bias"],
@@ -574,9 +589,9 @@ def flash_attention_fa1_forward(q, k, v, *, scale=None, causal=False, causal_ali
     out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)
     ell = np.empty((n_b, n_h, n_q), q.dtype)
     m = np.empty((n_b, n_h, n_q), q.dtype)
-    drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["zmask"], a["dropout_mask"] is not None)
+    drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["dropout_mask"])
     with np.errstate(over="ignore"):
-        _fa1_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], a["bias4"], a["bias"] is not None,
+        _fa1_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
                             a["kpm"], a["key_padding_mask"] is not None, *drop,
                             a["block_q"], a["block_k"], out, ell, m)
     return out, ell, m
@@ -612,33 +627,20 @@ def flash_attention_backward(dout, cache: FlashCache):
     d_row = np.einsum("bhid,bhid->bhi", dout, cache.out)                  # line 4: D   (B, H, Nq)
     n_workers = _n_workers(n_b * n_h)
     has_bias = cache.bias is not None
-    if has_bias:
-        bias = cache.bias
-        shape4 = (1,) * (4 - bias.ndim) + bias.shape                      # bias's shape as 4-d
-        bias4 = np.broadcast_to(bias.reshape(shape4), (n_b, n_h, n_q, n_k))
-        strides = tuple(np.int64(s != 1) for s in shape4)                 # 0 on broadcast axes
-        per_worker = (shape4[0] == 1 and n_b > 1) or (shape4[1] == 1 and n_h > 1)
-        dbias = np.zeros(((n_workers if per_worker else 1),) + shape4, q.dtype)
-    else:
-        bias4 = np.broadcast_to(np.zeros((1, 1, 1, 1), q.dtype), (n_b, n_h, n_q, n_k))
-        strides = (np.int64(0),) * 4
-        per_worker = False
-        dbias = np.zeros((1, 1, 1, 1, 1), q.dtype)
+    bias_flat, bst, _ = _bias_args(q.dtype, cache.bias)
+    shape4 = (1, 1, 1, 1) if not has_bias else (1,) * (4 - cache.bias.ndim) + cache.bias.shape
+    per_worker = has_bias and ((shape4[0] == 1 and n_b > 1) or (shape4[1] == 1 and n_h > 1))
+    dbias = np.zeros((n_workers if per_worker else 1, bias_flat.size), q.dtype)   # flat, like the bias
     kpm = (np.ascontiguousarray(cache.key_padding_mask) if cache.key_padding_mask is not None
            else np.zeros((n_b, n_k), dtype=np.bool_))
     dq = np.empty_like(q)
     dk = np.empty_like(k)
     dv = np.empty_like(v)
-    if cache.dropout_mask is not None:
-        zmask = np.broadcast_to(cache.dropout_mask.reshape((1,) * (4 - cache.dropout_mask.ndim)
-                                                           + cache.dropout_mask.shape), (n_b, n_h, n_q, n_k))
-    else:
-        zmask = np.broadcast_to(np.zeros((1, 1, 1, 1), np.bool_), (n_b, n_h, n_q, n_k))
-    drop = _dropout_args(q.dtype, cache.dropout_p, cache.dropout_seed, zmask, cache.dropout_mask is not None)
+    drop = _dropout_args(q.dtype, cache.dropout_p, cache.dropout_seed, cache.dropout_mask)
     with np.errstate(over="ignore"):
-        _backward_kernel(q, k, v, dout, cache.lse, d_row, q.dtype.type(cache.scale), cache.offset, bias4,
-                         has_bias, kpm, cache.key_padding_mask is not None, *drop,
-                         cache.block_q, cache.block_k, n_workers, dq, dk, dv, dbias, strides, per_worker)
+        _backward_kernel(q, k, v, dout, cache.lse, d_row, q.dtype.type(cache.scale), cache.offset, bias_flat,
+                         bst, has_bias, kpm, cache.key_padding_mask is not None, *drop,
+                         cache.block_q, cache.block_k, n_workers, dq, dk, dv, dbias, per_worker)
     if has_bias:
         dbias = (dbias[0] if dbias.shape[0] == 1 else dbias.sum(axis=0)).reshape(cache.bias.shape)
     else:

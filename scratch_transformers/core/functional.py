@@ -292,7 +292,7 @@ class GeluCache(NamedTuple):
 
 def _gelu_tanh_parts(x):
     xc = np.clip(x, -_GELU_CLIP, _GELU_CLIP)
-    u = _GELU_C * (xc + _GELU_A * xc ** 3)                   # (...) argument of tanh
+    u = _GELU_C * (xc + _GELU_A * (xc * xc * xc))           # (...) argument of tanh (x*x*x: pow() is ~100x slower)
     return xc, np.tanh(u)
 
 

@@ -389,3 +389,25 @@ def test_lora_linear_dropout_in_a_model(rng):
     np.testing.assert_allclose(eval_logits, merged, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="rng"):
         lora.make_linears(params, ad, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- experiment
+
+@pytest.mark.slow
+def test_experiment_runs_end_to_end_at_toy_size(rng, tmp_path, monkeypatch):
+    from scratch_transformers.experiments import lora as exp
+
+    tiny = dict(exp.SIZES["quick"], ctx=16, batch=2, pretrain_steps=3, adapt_steps=2, n_val=2,
+                rslora_ranks=(8,), all_linear_ranks=(1,))
+    monkeypatch.setitem(exp.SIZES, "quick", tiny)
+    res = exp.run("quick", rng=rng, out_dir=tmp_path, progress=False)
+    assert res.name == exp.NAME == "lora"
+    assert all(p.is_file() for p in res.figures) and len(res.figures) == 2
+    assert res.metrics["merge_max_abs_err"] < 1e-10
+    assert res.metrics["adapter_bytes"] < res.metrics["base_bytes"] / 10
+    for r in exp.RANKS:
+        assert np.isfinite(res.metrics[f"lora_r{r}_loss"])
+        assert res.metrics[f"lora_r{r}_params"] == 2 * 2 * r * (64 + 64)    # 2 layers x {W_q, W_v}
+    assert "| LoRA r=64 |" in res.summary and "rsLoRA r=8" in res.summary
+    with pytest.raises(ValueError, match="size"):
+        exp.run("medium", rng=rng, out_dir=tmp_path)

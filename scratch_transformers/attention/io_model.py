@@ -1,0 +1,202 @@
+"""HBM-access accounting for standard attention and FlashAttention (FA-1 Theorem 2, Fig. 2).
+
+The paper's cost model: a slow memory ("HBM") holds Q, K, V, O (N x d) and the statistics; a fast
+memory ("SRAM") holds M elements; an algorithm's IO cost is the number of elements it moves between
+them. This module counts those moves exactly for the three loop nests, two ways:
+
+- ``standard_hbm_accesses`` / ``flash_hbm_accesses``: closed-form counts, one line per algorithm
+  line (ragged last blocks and causal block skipping included);
+- ``simulate_flash_io``: the tiled forward run in NumPy on arrays wrapped in a ``CountingHBM`` that
+  counts every element read or written, so the closed forms are checked against an execution
+  (tests/attention/test_flash_io.py), and the output against the reference.
+
+Theorem 2: standard attention needs Theta(N d + N^2) accesses, FA-1 Algorithm 1 needs
+Theta(N^2 d^2 / M): K, V are read once, and each of the T_c = ceil(N / B_c) = Theta(N d / M) outer
+iterations reads all of Q, O, l, m and writes O, l, m back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..core import validate
+
+ORDERS = ("fa1", "fa2")
+
+
+def block_sizes(m_sram: int, d: int) -> tuple[int, int]:
+    """(B_r, B_c) of FA-1 Algorithm 1 line 1: B_c = ceil(M / 4d), B_r = min(ceil(M / 4d), d)."""
+    m_sram = validate.positive_int(m_sram, "m_sram")
+    d = validate.positive_int(d, "d")
+    b_c = math.ceil(m_sram / (4 * d))
+    return min(b_c, d), b_c
+
+
+def standard_hbm_accesses(n: int, d: int) -> dict:
+    """Algorithm 0 (standard attention, FA-1 §2.2), elements moved:
+
+    line 1: read Q, K (2 N d), write S (N^2); line 2: read S, write P (2 N^2);
+    line 3: read P, V (N^2 + N d), write O (N d).   Total 4 N d + 4 N^2 = Theta(N d + N^2).
+    """
+    n = validate.positive_int(n, "n")
+    d = validate.positive_int(d, "d")
+    reads = 2 * n * d + n * n + n * n + n * d
+    writes = n * n + n * n + n * d
+    return {"reads": reads, "writes": writes, "total": reads + writes}
+
+
+def _tile_visible(r0, br, c0, causal, offset):
+    """A (query block, key block) tile is computed unless it lies entirely above the diagonal."""
+    return (not causal) or c0 <= r0 + br - 1 + offset
+
+
+def flash_hbm_accesses(n: int, d: int, m_sram: int | None = None, *, order: str = "fa1",
+                       block_q: int | None = None, block_k: int | None = None, n_k: int | None = None,
+                       causal: bool = False) -> dict:
+    """Elements moved by the tiled forward (no dropout/bias), one query/key block pair at a time.
+
+    order "fa1" (FA-1 Algorithm 1): line 2 writes O, l, m (N d + 2 N); line 6 reads K_j, V_j once
+    (2 N_k d in all); per computed tile line 8 reads Q_i, O_i, l_i, m_i (2 B_r d + 2 B_r) and lines
+    12-13 write O_i, l_i, m_i back (B_r d + 2 B_r).
+    order "fa2" (FA-2 Algorithm 1): line 4 reads Q_i (N d in all); per computed tile line 7 reads
+    K_j, V_j (2 B_c d); lines 14-15 write O_i and L_i once (N d + N).
+    Block sizes from m_sram (``block_sizes``) unless given. causal: tiles entirely above the
+    (top-left) diagonal are skipped (FA-2 §3.1.1), as in the kernels. Returns reads, writes,
+    total, tiles (computed tile count) and all_tiles (T_r T_c).
+    """
+    n = validate.positive_int(n, "n")
+    d = validate.positive_int(d, "d")
+    n_k = n if n_k is None else validate.positive_int(n_k, "n_k")
+    validate.option(order, "order", ORDERS)
+    if block_q is None or block_k is None:
+        if m_sram is None:
+            validate.fail("m_sram", "an int (or both block_q and block_k)", None)
+        b_r, b_c = block_sizes(m_sram, d)
+        block_q = b_r if block_q is None else block_q
+        block_k = b_c if block_k is None else block_k
+    block_q = validate.positive_int(block_q, "block_q")
+    block_k = validate.positive_int(block_k, "block_k")
+    reads = writes = tiles = 0
+    if order == "fa1":
+        writes += n * d + 2 * n                                    # line 2: O = 0, l = 0, m = -inf
+        for c0 in range(0, n_k, block_k):                          # line 5: for j
+            bc = min(block_k, n_k - c0)
+            reads += 2 * bc * d                                    # line 6: K_j, V_j
+            # query blocks whose tile is visible: r0 + br - 1 >= c0 (top-left causal)
+            for r0 in range(0, n, block_q):                        # line 7: for i
+                br = min(block_q, n - r0)
+                if not _tile_visible(r0, br, c0, causal, 0):
+                    continue
+                tiles += 1
+                reads += 2 * br * d + 2 * br                       # line 8: Q_i, O_i, l_i, m_i
+                writes += br * d + 2 * br                          # lines 12-13: O_i, l_i, m_i
+    else:
+        for r0 in range(0, n, block_q):                            # line 3: for i
+            br = min(block_q, n - r0)
+            reads += br * d                                        # line 4: Q_i
+            for c0 in range(0, n_k, block_k):                      # line 6: for j
+                if not _tile_visible(r0, br, c0, causal, 0):
+                    break
+                tiles += 1
+                reads += 2 * min(block_k, n_k - c0) * d            # line 7: K_j, V_j
+            writes += br * d + br                                  # lines 14-15: O_i, L_i
+    all_tiles = math.ceil(n / block_q) * math.ceil(n_k / block_k)
+    return {"reads": reads, "writes": writes, "total": reads + writes, "tiles": tiles,
+            "all_tiles": all_tiles, "block_q": block_q, "block_k": block_k}
+
+
+class CountingHBM:
+    """An array in simulated HBM: ``read(rows)`` and ``write(rows, value)`` count elements moved."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+        self.reads = 0
+        self.writes = 0
+
+    def read(self, sl):
+        block = self.data[sl]
+        self.reads += block.size
+        return block.copy()                                       # now "in SRAM"
+
+    def write(self, sl, value):
+        self.data[sl] = value
+        self.writes += np.size(self.data[sl])
+
+
+def simulate_flash_io(q, k, v, *, block_q: int, block_k: int, order: str = "fa1", causal: bool = False):
+    """Run the tiled forward of one head in NumPy, every HBM access through ``CountingHBM``.
+
+    q: (N, d), k: (Nk, d), v: (Nk, d) float64, scale 1/sqrt(d), top-left causal mask if causal.
+    order "fa1" follows FA-1 Algorithm 1 (O, l, m round-trip through HBM per tile); "fa2" follows
+    FA-2 Algorithm 1 (statistics stay on chip, one write at the end). Returns (out, reads, writes).
+    """
+    q = validate.float_array(q, "q", ndim=2)
+    k = validate.array(k, "k", shape=(None, q.shape[1]), dtype=q.dtype)
+    v = validate.array(v, "v", shape=(k.shape[0], None), dtype=q.dtype)
+    validate.option(order, "order", ORDERS)
+    block_q = validate.positive_int(block_q, "block_q")
+    block_k = validate.positive_int(block_k, "block_k")
+    n, d = q.shape
+    n_k = k.shape[0]
+    tau = 1.0 / math.sqrt(d)
+    hq, hk, hv = CountingHBM(q.copy()), CountingHBM(k.copy()), CountingHBM(v.copy())
+    ho = CountingHBM(np.empty((n, v.shape[1])))
+    hl, hm = CountingHBM(np.empty(n)), CountingHBM(np.empty(n))
+
+    def scores(qi, kj, r0, c0):
+        s = tau * qi @ kj.T                                        # S_ij
+        if causal:
+            i = np.arange(r0, r0 + len(qi))[:, None]
+            j = np.arange(c0, c0 + len(kj))[None, :]
+            s = np.where(j <= i, s, -np.inf)
+        return s
+
+    if order == "fa1":
+        ho.write(slice(None), 0.0)                                 # line 2
+        hl.write(slice(None), 0.0)
+        hm.write(slice(None), -np.inf)
+        for c0 in range(0, n_k, block_k):                          # line 5
+            kj, vj = hk.read(slice(c0, c0 + block_k)), hv.read(slice(c0, c0 + block_k))   # line 6
+            for r0 in range(0, n, block_q):                        # line 7
+                rows = slice(r0, min(r0 + block_q, n))
+                if causal and c0 > rows.stop - 1:
+                    continue                                       # tile above the diagonal
+                qi, oi, li, mi = hq.read(rows), ho.read(rows), hl.read(rows), hm.read(rows)  # line 8
+                s = scores(qi, kj, r0, c0)                         # line 9
+                m_t = s.max(axis=1)                                # line 10
+                safe_t = np.where(np.isfinite(m_t), m_t, 0.0)
+                p_t = np.exp(s - safe_t[:, None])
+                l_t = p_t.sum(axis=1)
+                m_new = np.maximum(mi, m_t)                        # line 11
+                safe = np.where(np.isfinite(m_new), m_new, 0.0)
+                a_old = np.exp(np.where(np.isfinite(mi), mi - safe, -np.inf)) * li
+                a_new = np.exp(np.where(np.isfinite(m_t), m_t - safe, -np.inf))
+                l_new = a_old + a_new * l_t
+                o_new = (a_old[:, None] * oi + a_new[:, None] * (p_t @ vj)) / np.where(l_new > 0, l_new, 1.0)[:, None]
+                ho.write(rows, o_new)                              # line 12
+                hl.write(rows, l_new)                              # line 13
+                hm.write(rows, m_new)
+    else:
+        for r0 in range(0, n, block_q):                            # line 3
+            rows = slice(r0, min(r0 + block_q, n))
+            qi = hq.read(rows)                                     # line 4
+            acc = np.zeros((len(qi), v.shape[1]))                  # line 5
+            m, l = np.full(len(qi), -np.inf), np.zeros(len(qi))
+            for c0 in range(0, n_k, block_k):                      # line 6
+                if causal and c0 > rows.stop - 1:
+                    break
+                kj, vj = hk.read(slice(c0, c0 + block_k)), hv.read(slice(c0, c0 + block_k))   # line 7
+                s = scores(qi, kj, r0, c0)                         # line 8
+                m_new = np.maximum(m, s.max(axis=1))               # line 9
+                safe = np.where(np.isfinite(m_new), m_new, 0.0)
+                p_t = np.exp(s - safe[:, None])
+                alpha = np.exp(np.where(np.isfinite(m), m - safe, -np.inf))
+                l = alpha * l + p_t.sum(axis=1)
+                acc = alpha[:, None] * acc + p_t @ vj              # line 10
+                m = m_new
+            ho.write(rows, acc / np.where(l > 0, l, 1.0)[:, None])  # lines 12, 14
+            hl.write(rows, np.where(l > 0, m + np.log(np.where(l > 0, l, 1.0)), -np.inf))   # lines 13, 15
+    arrays = (hq, hk, hv, ho, hl, hm)
+    return ho.data, sum(a.reads for a in arrays), sum(a.writes for a in arrays)

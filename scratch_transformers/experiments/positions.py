@@ -28,6 +28,7 @@ from ..core import data, optim, train, validate
 from ..core.functional import log_softmax
 from ..models import transformer as tf
 from ..positional import scaling
+from ..positional.rope import rope_inv_freq
 from .common import ExperimentResult, markdown_table, savefig
 
 NAME = "positions"
@@ -99,6 +100,15 @@ def curve_config(method: str, base_configs: dict, cfg: dict, length: int) -> tf.
     raise ValueError(f"method: expected one of {CURVES}, got {method!r}")
 
 
+def rope_decay_bound(distances, dim: int = 128, base: float = 10000.0) -> np.ndarray:
+    """RoFormer §3.4.3, eq. (36)-(37): the relative upper bound (1/(d/2)) sum_{j=1}^{d/2} |S_j| of the
+    score at distance r, S_j = sum_{k<j} e^{i r theta_k}; it decays (with oscillations) as r grows."""
+    theta = rope_inv_freq(dim, base)                                      # (d/2,)
+    phases = np.exp(1j * np.multiply.outer(np.asarray(distances, np.float64), theta))   # (R, d/2)
+    partial = np.cumsum(phases, axis=1)                                   # S_1 .. S_{d/2}
+    return np.mean(np.abs(partial), axis=1)
+
+
 def scaling_law_rows(head_dim: int, train_len: int, tune_lens, base: float = 10000.0) -> list[list]:
     """2310.05209 arithmetic for this model: d_extra (13), beta_0 (16a), bound (16b/c) for some bases."""
     d_extra = scaling.critical_dimension(head_dim, train_len, base)
@@ -122,6 +132,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     rng = validate.rng(rng if rng is not None else np.random.default_rng(0))
     cfg = SIZES[size]
     L = cfg["L"]
+    head_dim = cfg["d_model"] // cfg["n_heads"]
     lengths = [int(round(m * L)) for m in cfg["mults"]]
     corpus = data.load_stdlib_corpus()
     t0 = time.perf_counter()
@@ -209,7 +220,20 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     fig.tight_layout()
     fig_path = savefig(fig, out_dir, "positions_extrapolation.png")
 
-    # ---- table, metrics, plain statements -----------------------------------------------------------
+    # ---- RoFormer Fig. 2 (long-term decay) and the base changes used above, no training -------------
+    fig2, ax = plt.subplots(figsize=(6, 3.4))
+    r = np.arange(0, 8 * L + 1)
+    for b, label in ((10000.0, "d=128, base 1e4 (RoFormer Fig. 2)"), (500.0, "d=128, base 500"),
+                     (1e6, "d=128, base 1e6")):
+        ax.plot(r, rope_decay_bound(r, 128, b), lw=1, label=label)
+    ax.plot(r, rope_decay_bound(r, head_dim, 10000.0), lw=1, label=f"d={head_dim} (this model), base 1e4")
+    ax.axvline(L, color="k", lw=0.8, ls=":")
+    ax.set(xlabel="relative distance |m - n|", ylabel="relative upper bound", title="RoPE long-term decay (eq. 37)")
+    ax.legend(fontsize=7)
+    fig2.tight_layout()
+    decay_path = savefig(fig2, out_dir, "positions_rope_decay.png")
+
+    # ---- table, metrics, plain statements ---------------------------------------------------------
     def fmt(v):
         return "—" if v is None or not np.isfinite(v) else f"{v:.3f}"
     header = ["method"] + [f"{n} ({n / L:g}x)" for n in lengths]
@@ -219,8 +243,6 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     metrics.update({f"tail_{m}_{n / L:g}x": v for m in CURVES for n, v in tail[m].items() if np.isfinite(v)})
     metrics["seconds"] = total
     Lmax = max(lengths)
-
-    head_dim = cfg["d_model"] // cfg["n_heads"]
 
     def delta(m, n):
         return loss[m][n] - loss[m][L]
@@ -256,4 +278,4 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         f"\n\nBase-scaling-law arithmetic for this model:\n\n{law}\n\n"
         f"Training seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + f"; total {total:.1f} s."
     )
-    return ExperimentResult(NAME, TITLE, summary, [fig_path], metrics)
+    return ExperimentResult(NAME, TITLE, summary, [fig_path, decay_path], metrics)

@@ -39,153 +39,234 @@ from numba import njit, prange
 
 from ..core import validate
 
-CHANNEL_BLOCK = 32  # channels per backward work item; fixed so results do not depend on the thread count
+CHANNEL_BLOCK = 32  # channels per work item; fixed so that results do not depend on the thread count
+
+_INV_LN2 = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01    # ln 2 split in two so that k * _LN2_HI is exact for |k| < 2^11
+_LN2_LO = 1.90821492927058770002e-10
 
 
 @njit(cache=True)
-def _softplus(v):
-    """softplus(v) = log(1 + e^v) = max(v, 0) + log1p(e^{-|v|}) (no overflow for large |v|)."""
-    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+def _exp_inplace(x, bits, accurate):
+    """x <- exp(x) for a 1-D float64 buffer, in a loop LLVM can vectorise (a libm call per element cannot be).
 
-
-@njit(cache=True)
-def _sigmoid(v):
-    """Logistic function without overflow: the derivative of softplus and part of silu."""
-    if v >= 0.0:
-        return 1.0 / (1.0 + math.exp(-v))
-    e = math.exp(v)
-    return e / (1.0 + e)
+    exp(x) = 2^k exp(r) with k = round(x / ln 2), r = x - k ln 2, |r| <= ln(2)/2; exp(r) by its Taylor polynomial
+    (degree 13: relative error < 3e-16, float64 inputs; degree 7: < 6e-9, used for float32 inputs); 2^k is built
+    from its IEEE-754 bits (exponent field k + 1023). exp(x) = 0 below x = -708 (where it would be subnormal).
+    """
+    n = x.size
+    for i in range(n):
+        v = x[i]
+        vc = v if v > -708.0 else -708.0
+        vc = vc if vc < 709.0 else 709.0
+        k = np.floor(vc * _INV_LN2 + 0.5)
+        r = (vc - k * _LN2_HI) - k * _LN2_LO
+        if accurate:
+            p = 1.6059043836821613e-10
+            p = p * r + 2.08767569878681e-09
+            p = p * r + 2.505210838544172e-08
+            p = p * r + 2.755731922398589e-07
+            p = p * r + 2.7557319223985893e-06
+            p = p * r + 2.48015873015873e-05
+            p = p * r + 0.0001984126984126984
+            p = p * r + 0.001388888888888889
+            p = p * r + 0.008333333333333333
+            p = p * r + 0.041666666666666664
+            p = p * r + 0.16666666666666666
+            p = p * r + 0.5
+            p = p * r + 1.0
+            p = p * r + 1.0
+        else:
+            p = 0.0001984126984126984
+            p = p * r + 0.001388888888888889
+            p = p * r + 0.008333333333333333
+            p = p * r + 0.041666666666666664
+            p = p * r + 0.16666666666666666
+            p = p * r + 0.5
+            p = p * r + 1.0
+            p = p * r + 1.0
+        p = p if v >= -708.0 else 0.0
+        x[i] = p if v <= 709.0 else np.inf
+        bits[i] = (np.int64(k) + 1023) << 52
+    two_k = bits.view(np.float64)
+    for i in range(n):
+        x[i] *= two_k[i]
 
 
 @njit(cache=True, parallel=True)
-def _scan_forward_kernel(u, delta, A, B, C, Dskip, z, delta_bias, h0, softplus, has_z, chunk,
-                         out, h_last, ckpt):
-    """Algorithm 2 line 6 (recurrent mode), one (batch, channel) pair per work item."""
+def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, accurate, y, h_last, ckpt):
+    """Algorithm 2 line 6 (recurrent mode): y_t = C_t h_t + D u_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t.
+
+    One work item = one batch element and one block of channels d0 .. d0+nd-1; the state of the block is held
+    as h[n, j] (state n of channel d0 + j) so that every inner loop runs over channels and vectorises.
+    """
     nb, L, D = u.shape
-    N = A.shape[1]
-    for bd in prange(nb * D):                               # independent (batch, channel) recurrences
-        b = bd // D
-        d = bd % D
-        h = np.empty(N, dtype=np.float64)                   # the state h[d, :] of this channel
+    N = At.shape[0]
+    n_blocks = (D + block - 1) // block
+    for item in prange(nb * n_blocks):                      # independent (batch, channel block) recurrences
+        b = item // n_blocks
+        d0 = (item % n_blocks) * block
+        nd = min(block, D - d0)
+        h = np.empty((N, nd))                               # state h_{t-1}[d0 + j, n] at h[n, j]
+        a_flat = np.empty(N * nd)
+        a_bar = a_flat.reshape((N, nd))                     # A_bar_t
+        bits = np.empty(N * nd, dtype=np.int64)
+        dtu = np.empty(nd)
+        acc = np.empty(nd)
         for n in range(N):
-            h[n] = h0[b, d, n]
+            for j in range(nd):
+                h[n, j] = h0[b, d0 + j, n]
         for t in range(L):
             if t % chunk == 0:                              # checkpoint h_{t-1} for the backward
                 for n in range(N):
-                    ckpt[b, t // chunk, d, n] = h[n]
-            dt = delta[b, t, d] + delta_bias[d]             # line 4: Delta = tau_Delta(Parameter + s_Delta(x))
-            if softplus:
-                dt = _softplus(dt)
-            ut = u[b, t, d]
-            y = 0.0
+                    for j in range(nd):
+                        ckpt[b, t // chunk, n, d0 + j] = h[n, j]
             for n in range(N):
-                a_bar = math.exp(dt * A[d, n])              # line 5, eq. (4): A_bar = exp(Delta A)
-                h[n] = a_bar * h[n] + dt * B[b, t, n] * ut  # eq. (2a): h_t = A_bar h_{t-1} + B_bar x_t, B_bar = Delta B
-                y += C[b, t, n] * h[n]                      # eq. (2b): y_t = C_t h_t
-            y += Dskip[d] * ut                              # skip connection
-            if has_z:
-                zt = z[b, t, d]
-                y *= zt * _sigmoid(zt)                      # gate: y * silu(z)
-            out[b, t, d] = y
+                for j in range(nd):
+                    a_bar[n, j] = dt[b, t, d0 + j] * At[n, d0 + j]    # line 5: Delta A
+            _exp_inplace(a_flat, bits, accurate)            # eq. (4): A_bar = exp(Delta A)
+            for j in range(nd):
+                dtu[j] = dt[b, t, d0 + j] * u[b, t, d0 + j]   # B_bar u = Delta B u (Euler, as the reference code)
+                acc[j] = 0.0
+            for n in range(N):
+                bn = B[b, t, n]
+                cn = C[b, t, n]
+                for j in range(nd):
+                    h[n, j] = a_bar[n, j] * h[n, j] + dtu[j] * bn   # eq. (2a): h_t = A_bar h_{t-1} + B_bar x_t
+                    acc[j] += cn * h[n, j]                      # eq. (2b): y_t = C_t h_t
+            for j in range(nd):
+                y[b, t, d0 + j] = acc[j] + Dsk[d0 + j] * u[b, t, d0 + j]     # skip connection D u
         for n in range(N):
-            h_last[b, d, n] = h[n]
+            for j in range(nd):
+                h_last[b, d0 + j, n] = h[n, j]
+
+
+@njit(cache=True)
+def _halving_sum(tmp, nd):
+    """tmp[n, 0] <- sum_j tmp[n, j] by repeated halving (a fixed, thread-independent order that vectorises)."""
+    w = nd
+    while w > 1:
+        half = w // 2
+        off = w - half
+        for n in range(tmp.shape[0]):
+            for j in range(half):
+                tmp[n, j] += tmp[n, j + off]
+        w = off
 
 
 @njit(cache=True, parallel=True)
-def _scan_backward_kernel(u, delta, A, B, C, Dskip, z, delta_bias, softplus, has_z, chunk, ckpt,
-                          dout, dh_last, block,
-                          du, ddelta, dz, dh0, dA_part, dD_part, dbias_part, dB_part, dC_part):
-    """Reverse-time adjoint of _scan_forward_kernel (derivations/mamba.md#adjoint, steps 1-9).
+def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block, accurate,
+                         du, ddt, dh0, dA_part, dB_part, dC_part):
+    """Reverse-time adjoint of _ssm_forward_kernel (derivations/mamba.md#adjoint, steps 2-8).
 
-    One work item = one batch element and one block of channels; inside it the channels run one after the
-    other, so dB_part[blk] and dC_part[blk] (sums over the block's channels) are written by one thread only.
+    Per chunk (last to first): recompute the chunk's states h from its checkpoint, then walk back in time with
+    lambda_t = dy_t C_t + A_bar_{t+1} lambda_{t+1}. B_t and C_t are shared by all channels, so dB_t and dC_t are
+    sums over channels: each work item writes the sum over its own block to dB_part[blk] / dC_part[blk].
     """
     nb, L, D = u.shape
-    N = A.shape[1]
+    N = At.shape[0]
     n_blocks = (D + block - 1) // block
     n_chunks = ckpt.shape[1]
     for item in prange(nb * n_blocks):
         b = item // n_blocks
         blk = item % n_blocks
-        hs = np.empty((chunk + 1, N), dtype=np.float64)     # h_{t0-1} .. h_{t1-1}: the states of one chunk
-        a_bars = np.empty((chunk, N), dtype=np.float64)     # A_bar_t of the chunk
-        lam = np.empty(N, dtype=np.float64)                 # adjoint lambda = dLoss/dh
-        dA_acc = np.empty(N, dtype=np.float64)
-        for d in range(blk * block, min(D, (blk + 1) * block)):
+        d0 = blk * block
+        nd = min(block, D - d0)
+        hs = np.empty((chunk + 1, N, nd))                   # h_{t0-1} .. h_{t1-1}: the states of one chunk
+        ab_flat = np.empty(chunk * N * nd)
+        a_bars = ab_flat.reshape((chunk, N, nd))            # A_bar_t of the chunk
+        bits = np.empty(chunk * N * nd, dtype=np.int64)
+        lam = np.empty((N, nd))                             # adjoint lambda = dLoss/dh
+        dA_acc = np.zeros((N, nd))
+        tmpB = np.empty((N, nd))
+        tmpC = np.empty((N, nd))
+        dtu = np.empty(nd)
+        du_acc = np.empty(nd)
+        ddt_acc = np.empty(nd)
+        for n in range(N):
+            for j in range(nd):
+                lam[n, j] = dh_last[b, d0 + j, n]           # gradient flowing into the returned last state
+        for c in range(n_chunks - 1, -1, -1):               # chunks from last to first
+            t0 = c * chunk
+            t1 = min(L, t0 + chunk)
+            T = t1 - t0
             for n in range(N):
-                lam[n] = dh_last[b, d, n]                   # gradient flowing into the returned last state
-                dA_acc[n] = 0.0
-            dD_acc = 0.0
-            dbias_acc = 0.0
-            for c in range(n_chunks - 1, -1, -1):           # chunks from last to first
-                t0 = c * chunk
-                t1 = min(L, t0 + chunk)
-                for n in range(N):                          # recompute the chunk's states from its checkpoint
-                    hs[0, n] = ckpt[b, c, d, n]
-                for t in range(t0, t1):
-                    dt = delta[b, t, d] + delta_bias[d]
-                    if softplus:
-                        dt = _softplus(dt)
-                    ut = u[b, t, d]
-                    i = t - t0
-                    for n in range(N):
-                        a_bar = math.exp(dt * A[d, n])
-                        a_bars[i, n] = a_bar
-                        hs[i + 1, n] = a_bar * hs[i, n] + dt * B[b, t, n] * ut
-                for t in range(t1 - 1, t0 - 1, -1):         # reverse time inside the chunk
-                    i = t - t0                              # hs[i + 1] = h_t, hs[i] = h_{t-1}
-                    raw = delta[b, t, d] + delta_bias[d]
-                    dt = _softplus(raw) if softplus else raw
-                    ut = u[b, t, d]
-                    g = dout[b, t, d]
-                    if has_z:                               # step 1: gate
-                        zt = z[b, t, d]
-                        s = _sigmoid(zt)
-                        y = 0.0
-                        for n in range(N):
-                            y += C[b, t, n] * hs[i + 1, n]
-                        y += Dskip[d] * ut
-                        dz[b, t, d] = g * y * s * (1.0 + zt * (1.0 - s))
-                        dy = g * zt * s
-                    else:
-                        dy = g
-                    dD_acc += dy * ut                       # step 2: skip
-                    du_t = Dskip[d] * dy
-                    ddt = 0.0
-                    for n in range(N):
-                        lam[n] += dy * C[b, t, n]           # step 3: lambda_t = dy_t C_t + A_bar_{t+1} lambda_{t+1}
-                        dC_part[blk, b, t, n] += dy * hs[i + 1, n]          # step 4: dC_t = sum_d dy_t h_t
-                        dB_part[blk, b, t, n] += lam[n] * dt * ut           # step 5: dB_t = sum_d lambda_t dt u_t
-                        du_t += dt * lam[n] * B[b, t, n]                    # step 6
-                        ah = a_bars[i, n] * hs[i, n]                        # A_bar_t h_{t-1}
-                        ddt += lam[n] * (B[b, t, n] * ut + A[d, n] * ah)    # step 7
-                        dA_acc[n] += lam[n] * dt * ah                       # step 8
-                        lam[n] *= a_bars[i, n]              # carry A_bar_t lambda_t to step t-1
-                    du[b, t, d] = du_t
-                    if softplus:
-                        ddt *= _sigmoid(raw)                # step 9: softplus' = sigmoid
-                    ddelta[b, t, d] = ddt
-                    dbias_acc += ddt
-            for n in range(N):
-                dh0[b, d, n] = lam[n]                       # dLoss/dh0 = A_bar_0 lambda_0
-                dA_part[b, d, n] = dA_acc[n]
-            dD_part[b, d] = dD_acc
-            dbias_part[b, d] = dbias_acc
+                for j in range(nd):
+                    hs[0, n, j] = ckpt[b, c, n, d0 + j]
+            for i in range(T):
+                for n in range(N):
+                    for j in range(nd):
+                        a_bars[i, n, j] = dt[b, t0 + i, d0 + j] * At[n, d0 + j]
+            _exp_inplace(ab_flat[:T * N * nd], bits, accurate)     # every A_bar of the chunk at once
+            for i in range(T):                              # recompute eq. (2a) inside the chunk
+                t = t0 + i
+                for j in range(nd):
+                    dtu[j] = dt[b, t, d0 + j] * u[b, t, d0 + j]
+                for n in range(N):
+                    bn = B[b, t, n]
+                    for j in range(nd):
+                        hs[i + 1, n, j] = a_bars[i, n, j] * hs[i, n, j] + dtu[j] * bn
+            for i in range(T - 1, -1, -1):                  # reverse time: hs[i + 1] = h_t, hs[i] = h_{t-1}
+                t = t0 + i
+                for j in range(nd):
+                    dtu[j] = dt[b, t, d0 + j] * u[b, t, d0 + j]
+                    du_acc[j] = 0.0
+                    ddt_acc[j] = 0.0
+                for n in range(N):
+                    bn = B[b, t, n]
+                    cn = C[b, t, n]
+                    an = At[n, d0:d0 + nd]
+                    for j in range(nd):
+                        g = dy[b, t, d0 + j]
+                        lam[n, j] += g * cn                                 # step 3: lambda_t += dy_t C_t
+                        tmpC[n, j] = g * hs[i + 1, n, j]                    # step 4: dC_t = sum_d dy_t h_t
+                        tmpB[n, j] = lam[n, j] * dtu[j]                     # step 5: dB_t = sum_d lambda_t dt u
+                        du_acc[j] += lam[n, j] * bn                         # step 6: du_t = dt sum_n lambda B
+                        ah = a_bars[i, n, j] * hs[i, n, j]                  # A_bar_t h_{t-1}
+                        ddt_acc[j] += lam[n, j] * (bn * u[b, t, d0 + j] + an[j] * ah)   # step 7
+                        dA_acc[n, j] += lam[n, j] * dt[b, t, d0 + j] * ah   # step 8
+                        lam[n, j] *= a_bars[i, n, j]                        # A_bar_t lambda_t, for step t-1
+                _halving_sum(tmpB, nd)                      # sums over the block's channels
+                _halving_sum(tmpC, nd)
+                for n in range(N):
+                    dB_part[blk, b, t, n] = tmpB[n, 0]
+                    dC_part[blk, b, t, n] = tmpC[n, 0]
+                for j in range(nd):
+                    du[b, t, d0 + j] = dt[b, t, d0 + j] * du_acc[j] + Dsk[d0 + j] * dy[b, t, d0 + j]  # 6, 2
+                    ddt[b, t, d0 + j] = ddt_acc[j]
+        for n in range(N):
+            for j in range(nd):
+                dh0[b, d0 + j, n] = lam[n, j]               # dLoss/dh0 = A_bar_0 lambda_0
+                dA_part[b, n, d0 + j] = dA_acc[n, j]
 
 
 class ScanCache(NamedTuple):
     u: np.ndarray             # (b, L, D)
-    delta: np.ndarray         # (b, L, D)
-    A: np.ndarray             # (D, N)
+    dt: np.ndarray            # (b, L, D) Delta = softplus(delta + delta_bias) (or without the softplus)
+    At: np.ndarray            # (N, D) A transposed (channels contiguous, as the kernels read it)
     B: np.ndarray             # (b, L, N)
     C: np.ndarray             # (b, L, N)
-    Dskip: np.ndarray         # (D,)  zeros when D was None
-    z: np.ndarray             # (b, L, D), or (1, 1, 1) dummy when z was None
-    delta_bias: np.ndarray    # (D,)  zeros when delta_bias was None
-    ckpt: np.ndarray          # (b, ceil(L / chunk), D, N) float64: h before steps 0, chunk, 2 chunk, ...
+    D: np.ndarray             # (D,) the skip D (zeros when D was None)
+    z: np.ndarray | None      # (b, L, D)
+    y: np.ndarray             # (b, L, D) C_t h_t + D u_t (before the gate)
+    ckpt: np.ndarray          # (b, ceil(L / chunk), N, D) float64: h before steps 0, chunk, 2 chunk, ...
     delta_softplus: bool
     chunk: int
     has: tuple                # which optional inputs were given: (D, z, delta_bias, h0)
+
+
+def _softplus(x):
+    """log(1 + e^x) = max(x, 0) + log1p(e^{-|x|}) without overflow (computed in one buffer)."""
+    out = np.abs(x)
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+    np.log1p(out, out=out)
+    out += np.maximum(x, 0)
+    return out
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))                          # 1 / (1 + e^-x) without overflow
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, h0):
@@ -233,16 +314,24 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     N = A.shape[1]
     dtype = u.dtype
     has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
-    Dskip = D if D is not None else np.zeros(Dd, dtype)
-    zz = z if z is not None else np.zeros((1, 1, 1), dtype)
-    bias = delta_bias if delta_bias is not None else np.zeros(Dd, dtype)
+    dt = delta + delta_bias if delta_bias is not None else delta                 # (b, L, D) Alg. 2 line 4
+    if delta_softplus:
+        dt = _softplus(dt)                                                       # (b, L, D) tau_Delta
+    At = np.ascontiguousarray(A.T)                                               # (N, D)
     hh0 = h0 if h0 is not None else np.zeros((nb, Dd, N), dtype)
-    out = np.empty((nb, L, Dd), dtype)                                     # (b, L, D)
-    h_last = np.empty((nb, Dd, N), dtype)                                  # (b, D, N)
-    ckpt = np.empty((nb, (L + chunk - 1) // chunk, Dd, N), np.float64)     # (b, n_chunks, D, N)
-    _scan_forward_kernel(u, delta, A, B, C, Dskip, zz, bias, hh0, bool(delta_softplus), z is not None, chunk,
-                         out, h_last, ckpt)
-    cache = ScanCache(u, delta, A, B, C, Dskip, zz, bias, ckpt, bool(delta_softplus), chunk, has)
+    Dsk = D if D is not None else np.zeros(Dd, dtype)
+    y = np.empty((nb, L, Dd), dtype)                                             # (b, L, D) C_t h_t + D u_t
+    h_last = np.empty((nb, Dd, N), dtype)                                        # (b, D, N)
+    ckpt = np.empty((nb, (L + chunk - 1) // chunk, N, Dd), np.float64)          # (b, n_chunks, N, D)
+    _ssm_forward_kernel(np.ascontiguousarray(u), np.ascontiguousarray(dt), At, np.ascontiguousarray(B),
+                        np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_BLOCK, Dd), dtype == np.float64,
+                        y, h_last, ckpt)
+    if z is not None:
+        out = y * z
+        out *= _sigmoid(z)                                                        # gate: y * silu(z)
+    else:
+        out = y.copy()
+    cache = ScanCache(u, dt, At, B, C, Dsk, z, y, ckpt, bool(delta_softplus), chunk, has)
     return (out, h_last), cache
 
 
@@ -257,7 +346,7 @@ def selective_scan_backward(dy, cache):
         validate.fail("cache", "the ScanCache returned by selective_scan_forward", type(cache).__name__)
     u = cache.u
     nb, L, Dd = u.shape
-    N = cache.A.shape[1]
+    N = cache.At.shape[0]
     dtype = u.dtype
     if isinstance(dy, (tuple, list)):
         if len(dy) != 2:
@@ -269,28 +358,44 @@ def selective_scan_backward(dy, cache):
     if dh_last is None:
         dh_last = np.zeros((nb, Dd, N), dtype)
     dh_last = validate.same_dtype(validate.float_array(dh_last, "dh_last", shape=(nb, Dd, N)), "dh_last", u, "u")
+    has_D, has_z, has_bias, has_h0 = cache.has
+    z, Dskip = cache.z, cache.D
+    if has_z:                                                   # step 1: gate out = y silu(z)
+        s = _sigmoid(z)
+        dz = cache.y * dout
+        dz *= s * (1 + z * (1 - s))                             # dz = dout y silu'(z)
+        dy_ = dout * z
+        dy_ *= s                                                # dy = dout silu(z)
+        del s
+    else:
+        dz, dy_ = None, dout
+    dD = np.einsum("bld,bld->d", dy_, u) if has_D else None    # step 2: skip y += D u
     block = min(CHANNEL_BLOCK, Dd)
     n_blocks = (Dd + block - 1) // block
-    du = np.empty_like(u)                                   # (b, L, D)
-    ddelta = np.empty_like(u)                               # (b, L, D)
-    dz = np.zeros_like(cache.z)                             # (b, L, D) or dummy
-    dh0 = np.empty((nb, Dd, N), dtype)                      # (b, D, N)
-    dA_part = np.empty((nb, Dd, N), np.float64)             # per batch element, summed below
-    dD_part = np.empty((nb, Dd), np.float64)
-    dbias_part = np.empty((nb, Dd), np.float64)
-    dB_part = np.zeros((n_blocks, nb, L, N), np.float64)    # per channel block, summed below
-    dC_part = np.zeros((n_blocks, nb, L, N), np.float64)
-    _scan_backward_kernel(u, cache.delta, cache.A, cache.B, cache.C, cache.Dskip, cache.z, cache.delta_bias,
-                          cache.delta_softplus, cache.has[1], cache.chunk, cache.ckpt, dout, dh_last, block,
-                          du, ddelta, dz, dh0, dA_part, dD_part, dbias_part, dB_part, dC_part)
-    has_D, has_z, has_bias, has_h0 = cache.has
+    du = np.empty_like(u)                                       # (b, L, D)
+    ddt = np.empty_like(u)                                      # (b, L, D)
+    dh0 = np.empty((nb, Dd, N), dtype)                          # (b, D, N)
+    dA_part = np.empty((nb, N, Dd), np.float64)                 # per batch element, summed below
+    dB_part = np.empty((n_blocks, nb, L, N), np.float64)        # per channel block, summed below
+    dC_part = np.empty((n_blocks, nb, L, N), np.float64)
+    _ssm_backward_kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.dt), cache.At,
+                         np.ascontiguousarray(cache.B), np.ascontiguousarray(cache.C), Dskip, cache.ckpt,
+                         np.ascontiguousarray(dy_), dh_last, cache.chunk, block, dtype == np.float64,
+                         du, ddt, dh0, dA_part, dB_part, dC_part)                    # steps 3-8
+    if cache.delta_softplus:                                    # step 9: softplus'(x) = sigmoid(x) = 1 - e^{-dt}
+        e = np.negative(cache.dt)
+        np.expm1(e, out=e)
+        ddt *= e
+        np.negative(ddt, out=ddt)
+        del e
+    ddelta = ddt
     return (du, ddelta,
-            dA_part.sum(axis=0).astype(dtype),
+            dA_part.sum(axis=0).T.astype(dtype),
             dB_part.sum(axis=0).astype(dtype),
             dC_part.sum(axis=0).astype(dtype),
-            dD_part.sum(axis=0).astype(dtype) if has_D else None,
-            dz if has_z else None,
-            dbias_part.sum(axis=0).astype(dtype) if has_bias else None,
+            dD,
+            dz,
+            ddelta.sum(axis=(0, 1)) if has_bias else None,
             dh0 if has_h0 else None)
 
 

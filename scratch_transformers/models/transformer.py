@@ -409,8 +409,10 @@ def generate(params, config, prompt, n_new, *, rng=None, temperature=1.0, top_k=
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry: the whole tiny model, float64. The key biases attn.bk get exactly zero gradient
-# (softmax shift invariance, see attention/multihead.py), so they are left out of ``wrt``.
+# Registry: the whole tiny model, float64. Without RoPE the key biases attn.bk get exactly zero
+# gradient (q_i . bk shifts every score of row i equally and softmax is shift invariant, see
+# attention/multihead.py), so they are left out of ``wrt``; with RoPE each key's bias is rotated by
+# its own angle, the shift is no longer constant over j, and bk has a real gradient that is checked.
 
 def _tiny_config(**kw):
     return TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_ff=16, max_len=5, **kw)
@@ -431,7 +433,7 @@ def _tf_forward(_tokens, _config, **params):
 
 
 def _tf_wrt(config):
-    return tuple(k for k in param_shapes(config) if not k.endswith("attn.bk"))
+    return tuple(k for k in param_shapes(config) if config.positions == "rope" or not k.endswith("attn.bk"))
 
 
 _COVERS = ("scratch_transformers.models.transformer.backward",)

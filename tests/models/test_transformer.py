@@ -35,7 +35,7 @@ def _check(config, rng, *, dropout_seed=None, max_entries=None):
             return tf.forward(p, config, tokens)
         return tf.forward(p, config, tokens, training=True, rng=np.random.default_rng(dropout_seed))
 
-    wrt = [k for k in params if not k.endswith("attn.bk")]       # dL/dbk == 0 exactly (softmax shift invariance)
+    wrt = [k for k in params if config.positions == "rope" or not k.endswith("attn.bk")]  # without RoPE dL/dbk == 0 exactly
     return gradcheck(fwd, tf.backward, params, wrt=wrt, rng=rng, eps=1e-6, tol=1e-6, max_entries=max_entries)
 
 
@@ -54,6 +54,16 @@ def test_gradcheck_position_variants(rng, kw):
     config = tiny(**kw)
     res = _check(config, rng, dropout_seed=7 if config.dropout else None, max_entries=12)
     assert res.passed, str(res)
+
+
+def test_key_bias_gradient_is_real_with_rope(rng):
+    """With RoPE each key's bias is rotated by its own angle: the shift is not constant over keys."""
+    config = tiny(positions="rope")
+    params = noisy_params(config, rng)
+    tokens = rng.integers(0, 7, size=(2, 5))
+    logits, cache = tf.forward(params, config, tokens)
+    grads = tf.backward(rng.standard_normal(logits.shape), cache)
+    assert np.max(np.abs(grads["blocks.0.attn.bk"])) > 1e-3 * np.max(np.abs(grads["blocks.0.attn.bq"]))
 
 
 def test_key_bias_gradients_are_zero(rng):

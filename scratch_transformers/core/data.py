@@ -117,6 +117,9 @@ def induction_task(rng: np.random.Generator, n: int, *, length: int, vocab: int)
     ``length`` tokens is uniform over the ordinary tokens, except: S at one position p drawn
     uniformly from [0, length-3], the value token at p+1 (ordinary, uniform), and S again at the
     last position. The single scored target is at the last position: the value at p+1.
+    One scored token per sequence makes this a slow task to learn (the paper trains for epochs
+    of 8192 steps): a 2-layer d_model 64 transformer at length 32, vocab 16, batch 64, AdamW 3e-3
+    reached only 11% validation accuracy (chance 1/15) after 1500 steps in our measurement.
     """
     rng, n = _check_common(rng, n)
     length = validate.integer(length, "length", low=3)

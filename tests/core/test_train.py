@@ -252,6 +252,7 @@ def test_resume_with_mismatched_params_raises(tmp_path):
         load_checkpoint(tmp_path / "none.npz")
 
 
+@pytest.mark.slow
 def test_bigram_byte_model_on_stdlib_corpus_beats_unigram_entropy():
     """Integration with core.layers and core.data: a bigram table (embedding of width 256 used as
     logits) trained with train() on random windows of the stdlib corpus gets its validation loss

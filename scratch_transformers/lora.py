@@ -324,8 +324,20 @@ def adapter_loss_and_grads(model_loss_and_grads: Callable, base_params: dict, li
     params are frozen (their gradients are dropped), so an optimizer given ``adapters`` keeps state for
     r (d_in + d_out) numbers per adapted matrix instead of the whole model (LoRA §4.2)."""
 
+    if not callable(model_loss_and_grads):
+        validate.fail("model_loss_and_grads", "a callable(params, ..., linears=...) -> (loss, grads)",
+                      type(model_loss_and_grads).__name__)
+    if not isinstance(base_params, dict):
+        validate.fail("base_params", "a dict name -> array", type(base_params).__name__)
+    if linears is not None and not isinstance(linears, dict):
+        validate.fail("linears", "None or a dict weight name -> LoRALinear", type(linears).__name__)
+
     def loss_and_grads(adapters, *args, **kw):
         loss, grads = model_loss_and_grads({**base_params, **adapters}, *args, linears=linears, **kw)
+        missing = [k for k in adapters if k not in grads]
+        if missing:
+            validate.fail("linears", f"entries that produce gradients for every trainable key (missing {missing[:3]})",
+                          sorted(linears or {}))
         return loss, {k: grads[k] for k in adapters}
 
     return loss_and_grads

@@ -371,6 +371,10 @@ def test_counts_and_files_with_a_base_checkpoint(rng, tmp_path, capsys):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="adapters"):
         lora.apply_adapters({k: v for k, v in base.items() if k != "blocks.1.attn.wv"}, ad2, cfg2)
+    with pytest.raises(ValueError, match="linears"):                   # adapters without their linears
+        lora.adapter_loss_and_grads(tf.loss_and_grads, params, None)(ad, config, x, x)
+    with pytest.raises(ValueError, match="model_loss_and_grads"):
+        lora.adapter_loss_and_grads(None, params, lin)
 
 
 def test_lora_linear_dropout_in_a_model(rng):

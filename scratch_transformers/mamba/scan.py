@@ -44,15 +44,29 @@ CHANNEL_BLOCK = 32  # channels per work item; fixed so that results do not depen
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01    # ln 2 split in two so that k * _LN2_HI is exact for |k| < 2^11
 _LN2_LO = 1.90821492927058770002e-10
+# float32 versions (typed constants keep the float32 loop in float32 arithmetic)
+_INV_LN2_F = np.float32(1.4426950408889634)
+_LN2_HI_F = np.float32(0.693145751953125)
+_LN2_LO_F = np.float32(1.428606765330187e-06)
+_LO_F, _HI_F, _HALF_F, _ZERO_F, _INF_F = (np.float32(-87.0), np.float32(88.0), np.float32(0.5), np.float32(0.0),
+                                          np.float32(np.inf))
+_C0 = np.float32(1.0)
+_C1 = np.float32(1.0)
+_C2 = np.float32(0.5)
+_C3 = np.float32(0.16666666666666666)
+_C4 = np.float32(0.041666666666666664)
+_C5 = np.float32(0.008333333333333333)
+_C6 = np.float32(0.001388888888888889)
+_C7 = np.float32(0.0001984126984126984)
 
 
 @njit(cache=True)
-def _exp_inplace(x, bits, accurate):
+def _exp_inplace(x, bits):
     """x <- exp(x) for a 1-D float64 buffer, in a loop LLVM can vectorise (a libm call per element cannot be).
 
     exp(x) = 2^k exp(r) with k = round(x / ln 2), r = x - k ln 2, |r| <= ln(2)/2; exp(r) by its Taylor polynomial
-    (degree 13: relative error < 3e-16, float64 inputs; degree 7: < 6e-9, used for float32 inputs); 2^k is built
-    from its IEEE-754 bits (exponent field k + 1023). exp(x) = 0 below x = -708 (where it would be subnormal).
+    of degree 13 (relative error < 3e-16); 2^k is built from its IEEE-754 bits (exponent field k + 1023).
+    exp(x) = 0 below x = -708 (where it would be subnormal), inf above 709. bits: int64 scratch of x's size.
     """
     n = x.size
     for i in range(n):
@@ -61,30 +75,20 @@ def _exp_inplace(x, bits, accurate):
         vc = vc if vc < 709.0 else 709.0
         k = np.floor(vc * _INV_LN2 + 0.5)
         r = (vc - k * _LN2_HI) - k * _LN2_LO
-        if accurate:
-            p = 1.6059043836821613e-10
-            p = p * r + 2.08767569878681e-09
-            p = p * r + 2.505210838544172e-08
-            p = p * r + 2.755731922398589e-07
-            p = p * r + 2.7557319223985893e-06
-            p = p * r + 2.48015873015873e-05
-            p = p * r + 0.0001984126984126984
-            p = p * r + 0.001388888888888889
-            p = p * r + 0.008333333333333333
-            p = p * r + 0.041666666666666664
-            p = p * r + 0.16666666666666666
-            p = p * r + 0.5
-            p = p * r + 1.0
-            p = p * r + 1.0
-        else:
-            p = 0.0001984126984126984
-            p = p * r + 0.001388888888888889
-            p = p * r + 0.008333333333333333
-            p = p * r + 0.041666666666666664
-            p = p * r + 0.16666666666666666
-            p = p * r + 0.5
-            p = p * r + 1.0
-            p = p * r + 1.0
+        p = 1.6059043836821613e-10
+        p = p * r + 2.08767569878681e-09
+        p = p * r + 2.505210838544172e-08
+        p = p * r + 2.755731922398589e-07
+        p = p * r + 2.7557319223985893e-06
+        p = p * r + 2.48015873015873e-05
+        p = p * r + 0.0001984126984126984
+        p = p * r + 0.001388888888888889
+        p = p * r + 0.008333333333333333
+        p = p * r + 0.041666666666666664
+        p = p * r + 0.16666666666666666
+        p = p * r + 0.5
+        p = p * r + 1.0
+        p = p * r + 1.0
         p = p if v >= -708.0 else 0.0
         x[i] = p if v <= 709.0 else np.inf
         bits[i] = (np.int64(k) + 1023) << 52
@@ -93,12 +97,49 @@ def _exp_inplace(x, bits, accurate):
         x[i] *= two_k[i]
 
 
+@njit(cache=True)
+def _exp_inplace_f32(x, bits):
+    """float32 twin of _exp_inplace (16 lanes per AVX-512 vector): Taylor degree 7 (error < 6e-9, below float32's
+    rounding), 2^k from the float32 exponent field k + 127, 0 below x = -87, inf above 88. bits: int32 scratch."""
+    n = x.size
+    for i in range(n):
+        v = x[i]
+        vc = v if v > _LO_F else _LO_F
+        vc = vc if vc < _HI_F else _HI_F
+        k = np.floor(vc * _INV_LN2_F + _HALF_F)
+        r = (vc - k * _LN2_HI_F) - k * _LN2_LO_F
+        p = _C7
+        p = p * r + _C6
+        p = p * r + _C5
+        p = p * r + _C4
+        p = p * r + _C3
+        p = p * r + _C2
+        p = p * r + _C1
+        p = p * r + _C0
+        p = p if v >= _LO_F else _ZERO_F
+        x[i] = p if v <= _HI_F else _INF_F
+        bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+    two_k = bits.view(np.float32)
+    for i in range(n):
+        x[i] *= two_k[i]
+
+
+@njit(cache=True)
+def _exp_buffer(x, bits64, bits32):
+    """exp in place in the buffer's own precision (float64: _exp_inplace, float32: _exp_inplace_f32)."""
+    if x.itemsize == 8:
+        _exp_inplace(x, bits64[:x.size])
+    else:
+        _exp_inplace_f32(x, bits32[:x.size])
+
+
 @njit(cache=True, parallel=True)
-def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, accurate, y, h_last, ckpt):
+def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt):
     """Algorithm 2 line 6 (recurrent mode): y_t = C_t h_t + D u_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t.
 
     One work item = one batch element and one block of channels d0 .. d0+nd-1; the state of the block is held
     as h[n, j] (state n of channel d0 + j) so that every inner loop runs over channels and vectorises.
+    Arithmetic is in the inputs' precision (float32 inputs: float32 loops, twice the SIMD width).
     """
     nb, L, D = u.shape
     N = At.shape[0]
@@ -107,12 +148,13 @@ def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, accurate, y, h_l
         b = item // n_blocks
         d0 = (item % n_blocks) * block
         nd = min(block, D - d0)
-        h = np.empty((N, nd))                               # state h_{t-1}[d0 + j, n] at h[n, j]
-        a_flat = np.empty(N * nd)
+        h = np.empty((N, nd), u.dtype)                      # state h_{t-1}[d0 + j, n] at h[n, j]
+        a_flat = np.empty(N * nd, u.dtype)
         a_bar = a_flat.reshape((N, nd))                     # A_bar_t
-        bits = np.empty(N * nd, dtype=np.int64)
-        dtu = np.empty(nd)
-        acc = np.empty(nd)
+        bits64 = np.empty(N * nd, np.int64)
+        bits32 = np.empty(N * nd, np.int32)
+        dtu = np.empty(nd, u.dtype)
+        acc = np.empty(nd, u.dtype)
         for n in range(N):
             for j in range(nd):
                 h[n, j] = h0[b, d0 + j, n]
@@ -124,7 +166,7 @@ def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, accurate, y, h_l
             for n in range(N):
                 for j in range(nd):
                     a_bar[n, j] = dt[b, t, d0 + j] * At[n, d0 + j]    # line 5: Delta A
-            _exp_inplace(a_flat, bits, accurate)            # eq. (4): A_bar = exp(Delta A)
+            _exp_buffer(a_flat, bits64, bits32)             # eq. (4): A_bar = exp(Delta A)
             for j in range(nd):
                 dtu[j] = dt[b, t, d0 + j] * u[b, t, d0 + j]   # B_bar u = Delta B u (Euler, as the reference code)
                 acc[j] = 0.0
@@ -155,7 +197,7 @@ def _halving_sum(tmp, nd):
 
 
 @njit(cache=True, parallel=True)
-def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block, accurate,
+def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
                          du, ddt, dh0, dA_part, dB_part, dC_part):
     """Reverse-time adjoint of _ssm_forward_kernel (derivations/mamba.md#adjoint, steps 2-8).
 
@@ -172,17 +214,18 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block, 
         blk = item % n_blocks
         d0 = blk * block
         nd = min(block, D - d0)
-        hs = np.empty((chunk + 1, N, nd))                   # h_{t0-1} .. h_{t1-1}: the states of one chunk
-        ab_flat = np.empty(chunk * N * nd)
+        hs = np.empty((chunk + 1, N, nd), u.dtype)          # h_{t0-1} .. h_{t1-1}: the states of one chunk
+        ab_flat = np.empty(chunk * N * nd, u.dtype)
         a_bars = ab_flat.reshape((chunk, N, nd))            # A_bar_t of the chunk
-        bits = np.empty(chunk * N * nd, dtype=np.int64)
-        lam = np.empty((N, nd))                             # adjoint lambda = dLoss/dh
-        dA_acc = np.zeros((N, nd))
-        tmpB = np.empty((N, nd))
-        tmpC = np.empty((N, nd))
-        dtu = np.empty(nd)
-        du_acc = np.empty(nd)
-        ddt_acc = np.empty(nd)
+        bits64 = np.empty(chunk * N * nd, np.int64)
+        bits32 = np.empty(chunk * N * nd, np.int32)
+        lam = np.empty((N, nd), u.dtype)                    # adjoint lambda = dLoss/dh
+        dA_acc = np.zeros((N, nd))                          # float64: a sum over every time step
+        tmpB = np.empty((N, nd), u.dtype)
+        tmpC = np.empty((N, nd), u.dtype)
+        dtu = np.empty(nd, u.dtype)
+        du_acc = np.empty(nd, u.dtype)
+        ddt_acc = np.empty(nd, u.dtype)
         for n in range(N):
             for j in range(nd):
                 lam[n, j] = dh_last[b, d0 + j, n]           # gradient flowing into the returned last state
@@ -197,7 +240,7 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block, 
                 for n in range(N):
                     for j in range(nd):
                         a_bars[i, n, j] = dt[b, t0 + i, d0 + j] * At[n, d0 + j]
-            _exp_inplace(ab_flat[:T * N * nd], bits, accurate)     # every A_bar of the chunk at once
+            _exp_buffer(ab_flat[:T * N * nd], bits64, bits32)      # every A_bar of the chunk at once
             for i in range(T):                              # recompute eq. (2a) inside the chunk
                 t = t0 + i
                 for j in range(nd):
@@ -249,7 +292,7 @@ class ScanCache(NamedTuple):
     D: np.ndarray             # (D,) the skip D (zeros when D was None)
     z: np.ndarray | None      # (b, L, D)
     y: np.ndarray             # (b, L, D) C_t h_t + D u_t (before the gate)
-    ckpt: np.ndarray          # (b, ceil(L / chunk), N, D) float64: h before steps 0, chunk, 2 chunk, ...
+    ckpt: np.ndarray          # (b, ceil(L / chunk), N, D): h before steps 0, chunk, 2 chunk, ...
     delta_softplus: bool
     chunk: int
     has: tuple                # which optional inputs were given: (D, z, delta_bias, h0)
@@ -322,10 +365,9 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     Dsk = D if D is not None else np.zeros(Dd, dtype)
     y = np.empty((nb, L, Dd), dtype)                                             # (b, L, D) C_t h_t + D u_t
     h_last = np.empty((nb, Dd, N), dtype)                                        # (b, D, N)
-    ckpt = np.empty((nb, (L + chunk - 1) // chunk, N, Dd), np.float64)          # (b, n_chunks, N, D)
+    ckpt = np.empty((nb, (L + chunk - 1) // chunk, N, Dd), dtype)               # (b, n_chunks, N, D)
     _ssm_forward_kernel(np.ascontiguousarray(u), np.ascontiguousarray(dt), At, np.ascontiguousarray(B),
-                        np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_BLOCK, Dd), dtype == np.float64,
-                        y, h_last, ckpt)
+                        np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_BLOCK, Dd), y, h_last, ckpt)
     if z is not None:
         out = y * z
         out *= _sigmoid(z)                                                        # gate: y * silu(z)
@@ -380,7 +422,7 @@ def selective_scan_backward(dy, cache):
     dC_part = np.empty((n_blocks, nb, L, N), np.float64)
     _ssm_backward_kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.dt), cache.At,
                          np.ascontiguousarray(cache.B), np.ascontiguousarray(cache.C), Dskip, cache.ckpt,
-                         np.ascontiguousarray(dy_), dh_last, cache.chunk, block, dtype == np.float64,
+                         np.ascontiguousarray(dy_), dh_last, cache.chunk, block,
                          du, ddt, dh0, dA_part, dB_part, dC_part)                    # steps 3-8
     if cache.delta_softplus:                                    # step 9: softplus'(x) = sigmoid(x) = 1 - e^{-dt}
         e = np.negative(cache.dt)

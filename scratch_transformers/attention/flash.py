@@ -130,8 +130,30 @@ def flash_dropout_mask(seed, shape, dropout_p):
 
 @njit(cache=True)
 def _mm_abt(a, bt, rows, cols, inner, out):
-    """out[:rows, :cols] = a[:rows, :inner] @ bt[:inner, :cols]   (e.g. S = (tau Q_i) K_j^T with bt = K_j^T)."""
-    for r in range(rows):
+    """out[:rows, :cols] = a[:rows, :inner] @ bt[:inner, :cols]   (e.g. S = (tau Q_i) K_j^T with bt = K_j^T).
+
+    Two output rows at a time share every load of bt; 4 terms of the inner index per pass."""
+    for r in range(0, rows - 1, 2):
+        for c in range(cols):
+            out[r, c] = 0.0
+            out[r + 1, c] = 0.0
+        t = 0
+        while t + 4 <= inner:
+            a0, a1, a2, a3 = a[r, t], a[r, t + 1], a[r, t + 2], a[r, t + 3]
+            b0, b1, b2, b3 = a[r + 1, t], a[r + 1, t + 1], a[r + 1, t + 2], a[r + 1, t + 3]
+            for c in range(cols):
+                k0, k1, k2, k3 = bt[t, c], bt[t + 1, c], bt[t + 2, c], bt[t + 3, c]
+                out[r, c] += a0 * k0 + a1 * k1 + a2 * k2 + a3 * k3
+                out[r + 1, c] += b0 * k0 + b1 * k1 + b2 * k2 + b3 * k3
+            t += 4
+        while t < inner:
+            a0, b0 = a[r, t], a[r + 1, t]
+            for c in range(cols):
+                out[r, c] += a0 * bt[t, c]
+                out[r + 1, c] += b0 * bt[t, c]
+            t += 1
+    if rows % 2 == 1:                                       # the last odd row
+        r = rows - 1
         for c in range(cols):
             out[r, c] = 0.0
         t = 0
@@ -150,7 +172,24 @@ def _mm_abt(a, bt, rows, cols, inner, out):
 @njit(cache=True)
 def _mm_acc_ab(p, b, rows, inner, cols, out):
     """out[:rows, :cols] += p[:rows, :inner] @ b[:inner, :cols]   (e.g. O~ += P~ V_j, dQ_i += dS K_j)."""
-    for r in range(rows):
+    for r in range(0, rows - 1, 2):                         # pairs of output rows share the loads of b
+        c = 0
+        while c + 4 <= inner:
+            p0, p1, p2, p3 = p[r, c], p[r, c + 1], p[r, c + 2], p[r, c + 3]
+            q0, q1, q2, q3 = p[r + 1, c], p[r + 1, c + 1], p[r + 1, c + 2], p[r + 1, c + 3]
+            for t in range(cols):
+                v0, v1, v2, v3 = b[c, t], b[c + 1, t], b[c + 2, t], b[c + 3, t]
+                out[r, t] += p0 * v0 + p1 * v1 + p2 * v2 + p3 * v3
+                out[r + 1, t] += q0 * v0 + q1 * v1 + q2 * v2 + q3 * v3
+            c += 4
+        while c < inner:
+            p0, q0 = p[r, c], p[r + 1, c]
+            for t in range(cols):
+                out[r, t] += p0 * b[c, t]
+                out[r + 1, t] += q0 * b[c, t]
+            c += 1
+    if rows % 2 == 1:                                       # the last odd row
+        r = rows - 1
         c = 0
         while c + 4 <= inner:
             p0, p1, p2, p3 = p[r, c], p[r, c + 1], p[r, c + 2], p[r, c + 3]
@@ -167,7 +206,24 @@ def _mm_acc_ab(p, b, rows, inner, cols, out):
 @njit(cache=True)
 def _mm_acc_atb(p, b, inner, rows, cols, out):
     """out[:rows, :cols] += p[:inner, :rows]^T @ b[:inner, :cols]   (dV_j += P^T dO_i, dK_j += dS^T Q_i)."""
-    for c in range(rows):
+    for c in range(0, rows - 1, 2):                         # pairs of output rows share the loads of b
+        r = 0
+        while r + 4 <= inner:
+            p0, p1, p2, p3 = p[r, c], p[r + 1, c], p[r + 2, c], p[r + 3, c]
+            q0, q1, q2, q3 = p[r, c + 1], p[r + 1, c + 1], p[r + 2, c + 1], p[r + 3, c + 1]
+            for t in range(cols):
+                b0, b1, b2, b3 = b[r, t], b[r + 1, t], b[r + 2, t], b[r + 3, t]
+                out[c, t] += p0 * b0 + p1 * b1 + p2 * b2 + p3 * b3
+                out[c + 1, t] += q0 * b0 + q1 * b1 + q2 * b2 + q3 * b3
+            r += 4
+        while r < inner:
+            p0, q0 = p[r, c], p[r, c + 1]
+            for t in range(cols):
+                out[c, t] += p0 * b[r, t]
+                out[c + 1, t] += q0 * b[r, t]
+            r += 1
+    if rows % 2 == 1:                                       # the last odd output row
+        c = rows - 1
         r = 0
         while r + 4 <= inner:
             p0, p1, p2, p3 = p[r, c], p[r + 1, c], p[r + 2, c], p[r + 3, c]

@@ -124,3 +124,19 @@ def test_lm_bad_inputs(rng):
         generate(p, cfg, np.zeros((2, 0), np.int64), 3, rng=rng)
     with pytest.raises(ValueError, match="state"):
         step(p, cfg, np.array([1]), [])
+
+
+@pytest.mark.slow
+def test_experiment_runs_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
+    """The experiment's plumbing (training, held-out sets, length sweep, table, figure) on a tiny config."""
+    from scratch_transformers.experiments import mamba as E
+    tiny = dict(copy_region=6, copy_tokens=2, copy_vocab=5, copy_steps=3, ind_len=6, ind_vocab=5, ind_steps=3,
+                test_mults=(1, 2), d_model=8, d_state=2, batch=4, n_val=8, models=("s6", "lti", "attention"))
+    monkeypatch.setitem(E.SIZES, "quick", tiny)
+    res = E.run("quick", np.random.default_rng(0), tmp_path, progress=False)
+    assert res.name == "mamba" and res.figures and res.figures[0].is_file()
+    for kind in ("s6", "lti", "attention"):
+        assert 0.0 <= res.metrics[f"copy_acc_{kind}"] <= 1.0
+        assert res.metrics[f"induction_acc_{kind}_L12"] >= 0.0
+        assert res.metrics[f"params_{kind}"] > 0
+    assert "| Mamba (S6, selective) |" in res.summary

@@ -9,10 +9,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Training here multiplies small matrices (e.g. 2048 x 64 by 64 x 256), where BLAS threads cost more
+# than they gain, and far more on a busy machine (a training step measured 6x slower with 2 threads
+# under load). Training commands run BLAS single-threaded unless the user set it; the numba kernels
+# keep their own threads. ``bench`` keeps the default so the NumPy baseline gets its best setting.
+if len(sys.argv) > 1 and sys.argv[1] in ("tour", "experiment", "check"):
+    for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 import argparse
 import importlib
 import importlib.util
-import sys
 import time
 from pathlib import Path
 

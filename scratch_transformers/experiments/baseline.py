@@ -120,7 +120,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     corpus, l_config, l_params, l_hist, l_val, l_sec = train_corpus(cfg, rng, progress)
     h_uni = data.unigram_entropy(corpus.train)
     prompt = np.frombuffer(b"def __init__(self", dtype=np.uint8).astype(np.int64)[None, :]
-    sample = tf.generate(l_params, l_config, prompt, 60, rng=rng, greedy=True)
+    sample = tf.generate(l_params, l_config, prompt, cfg["lm_ctx"] - prompt.shape[1], rng=rng, greedy=True)
     sample_text = bytes(sample[0].astype(np.uint8)).decode("utf-8", errors="replace")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))

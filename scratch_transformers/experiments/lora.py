@@ -201,7 +201,38 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         phis_init[proj] = lora.subspace_similarity(adapters_by_r[8][3][key], adapters_by_r[64][3][key])
         moved[proj] = [np.linalg.norm(adapters_by_r[r][1][key] - adapters_by_r[r][3][key])
                        / np.linalg.norm(adapters_by_r[r][3][key]) for r in (8, 64)]
+        # energy of the learned change A - A_0 in its top-2 singular directions: a low-rank update of A
+        sv = {r: np.linalg.svd(adapters_by_r[r][1][key] - adapters_by_r[r][3][key], compute_uv=False) for r in (8, 64)}
+        moved[proj] += [float(np.sum(sv[r][:2] ** 2) / np.sum(sv[r] ** 2)) for r in (8, 64)]
     d = cfg["d_model"]
+    # Where do the shared directions come from? dA = x_d^T dh (derivation, step 3) lies in the row space
+    # of the adapter's input x, so compare A with the top principal (uncentred) directions of that input,
+    # captured on validation text (W_q and W_v of a pre-LN block see the same normalised input).
+    captured = {}
+
+    class _Capture(lora.LoRALinear):
+        def forward(self, x, params):
+            captured[self.name] = x.reshape(-1, x.shape[-1])
+            return super().forward(x, params)
+
+    lcfg64, ad64 = adapters_by_r[64][0], adapters_by_r[64][1]
+    cap = {n: _Capture(n, scale=lcfg64.scale, bias=lora.bias_name(n, base)) for n in lora.adapted_names(ad64)}
+    tf.forward({**base, **ad64}, config, val_x[:32], linears=cap)
+    x_dirs = np.linalg.svd(captured[f"blocks.{layer}.attn.wq"].T, full_matrices=False)[0]    # (d, d)
+    phis_input = {proj: lora.subspace_similarity(adapters_by_r[8][1][f"blocks.{layer}.attn.{proj}.lora_A"],
+                                                 x_dirs) for proj in ("wq", "wv")}
+    # ... and with the left-singular directions of the full fine-tuning gradient dW0 = x^T dY at the base
+    # model (mean over the first 8 adaptation batches): B starts at 0 and moves along s (xA)^T dY, after which
+    # dA = s x^T dY B^T = s dW0 B^T is drawn towards dW0's dominant column space, whatever r is.
+    g_sum = {}
+    for batch in batches[:8]:
+        _, g = tf.loss_and_grads(base, config, *batch)
+        for proj in ("wq", "wv"):
+            key = f"blocks.{layer}.attn.{proj}"
+            g_sum[proj] = g_sum.get(proj, 0.0) + g[key]
+    phis_grad = {proj: lora.subspace_similarity(adapters_by_r[8][1][f"blocks.{layer}.attn.{proj}.lora_A"],
+                                                np.linalg.svd(g_sum[proj], full_matrices=False)[0])
+                 for proj in ("wq", "wv")}
 
     # 5. figures -------------------------------------------------------------------------------------
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -240,8 +271,9 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     fig.colorbar(im, ax=axes[1], label="phi")
     ax = axes[2]
     j = np.arange(1, 65)
-    for proj in ("wq", "wv"):
-        ax.plot(j, phis[proj][0], label=f"phi(1, j), W_{proj[1]}")
+    for proj, c in (("wq", "C0"), ("wv", "C1")):
+        ax.plot(j, phis[proj][0], c, label=f"phi(1, j): A_r=8 vs A_r=64, W_{proj[1]}")
+        ax.plot(j, phis_grad[proj][0], c + ":", label=f"phi(1, j): A_r=8 vs full-FT gradient dW0, W_{proj[1]}")
     ax.plot(j, j / d, "k--", lw=1, label="random subspaces: j / d_model")
     ax.set(xlabel="j", ylabel="phi", title="top direction of r=8 inside top-j of r=64", ylim=(0, 1.02))
     ax.legend(fontsize=7)
@@ -272,13 +304,25 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         f"{np.mean(np.maximum.outer(np.arange(1, 9), np.arange(1, 9))) / d:.3f} (the same two adapters at their "
         f"random init: {phis_init['wq'][:, :8].mean():.3f} W_q, {phis_init['wv'][:, :8].mean():.3f} W_v). "
         f"Training moved A by ||A - A_0||_F / ||A_0||_F = {moved['wq'][0]:.2f} (r=8) / {moved['wq'][1]:.2f} (r=64) "
-        f"for W_q, {moved['wv'][0]:.2f} / {moved['wv'][1]:.2f} for W_v. Note r = 64 = d_model is full "
+        f"for W_q, {moved['wv'][0]:.2f} / {moved['wv'][1]:.2f} for W_v; the top-2 singular directions of A - A_0 hold "
+        f"{100 * moved['wq'][2]:.0f}% / {100 * moved['wq'][3]:.0f}% (W_q, r=8 / r=64) and {100 * moved['wv'][2]:.0f}% / "
+        f"{100 * moved['wv'][3]:.0f}% (W_v) of its energy. The same r=8 adapters against the top-8 principal directions of their input (validation text): "
+        f"mean phi over i, j <= 8 {phis_input['wq'][:, :8].mean():.3f} (W_q), {phis_input['wv'][:, :8].mean():.3f} "
+        f"(W_v); phi(1, 1) {phis_input['wq'][0, 0]:.3f} / {phis_input['wv'][0, 0]:.3f}. Against the top-8 left-singular "
+        f"directions of the full fine-tuning gradient dW0 at the base model (first 8 batches): mean "
+        f"{phis_grad['wq'][:, :8].mean():.3f} (W_q), {phis_grad['wv'][:, :8].mean():.3f} (W_v); phi(1, 1) "
+        f"{phis_grad['wq'][0, 0]:.3f} / {phis_grad['wv'][0, 0]:.3f}. Note r = 64 = d_model is full "
         f"rank here, so phi(i, 64) = 1 by construction.\n\nTotal time {time.perf_counter() - t_start:.0f} s."
     )
     metrics = {"base_prose_loss": base_prose_loss, "base_code_loss": base_code_loss,
                "full_ft_loss": results["full fine-tuning"]["val"], "head_only_loss": results["head only"]["val"],
                "merge_max_abs_err": merge_err, "adapter_bytes": float(adapter_bytes), "base_bytes": float(base_bytes),
-               "phi11_wq": float(phi_q[0, 0]), "phi11_wv": float(phi_v[0, 0])}
+               "phi11_wq": float(phi_q[0, 0]), "phi11_wv": float(phi_v[0, 0]),
+               "phi8_mean_wq": float(phi_q[:, :8].mean()), "phi8_mean_wv": float(phi_v[:, :8].mean()),
+               "phi8_mean_input_wq": float(phis_input["wq"][:, :8].mean()),
+               "phi8_mean_input_wv": float(phis_input["wv"][:, :8].mean()),
+               "phi8_mean_grad_wq": float(phis_grad["wq"][:, :8].mean()),
+               "phi8_mean_grad_wv": float(phis_grad["wv"][:, :8].mean())}
     for r in RANKS:
         metrics[f"lora_r{r}_loss"] = results[f"LoRA r={r}"]["val"]
         metrics[f"lora_r{r}_params"] = float(results[f"LoRA r={r}"]["params"])

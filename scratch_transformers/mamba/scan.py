@@ -138,8 +138,8 @@ def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt)
     """Algorithm 2 line 6 (recurrent mode): y_t = C_t h_t + D u_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t.
 
     One work item = one batch element and one block of channels d0 .. d0+nd-1; the state of the block is held
-    as h[n, j] (state n of channel d0 + j) so that every inner loop runs over channels and vectorises.
-    Arithmetic is in the inputs' precision (float32 inputs: float32 loops, twice the SIMD width).
+    as h[n, j] (state n of channel d0 + j) so that every inner loop runs over channels and vectorises (the loops
+    read only 1-D contiguous rows of local buffers). Arithmetic is in the inputs' precision.
     """
     nb, L, D = u.shape
     N = At.shape[0]
@@ -153,31 +153,42 @@ def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt)
         a_bar = a_flat.reshape((N, nd))                     # A_bar_t
         bits64 = np.empty(N * nd, np.int64)
         bits32 = np.empty(N * nd, np.int32)
+        Ab = np.empty((N, nd), u.dtype)                     # A of the block, transposed
+        dtv = np.empty(nd, u.dtype)                         # Delta_t, u_t, Delta_t u_t of the block
+        uv = np.empty(nd, u.dtype)
         dtu = np.empty(nd, u.dtype)
         acc = np.empty(nd, u.dtype)
         for n in range(N):
             for j in range(nd):
                 h[n, j] = h0[b, d0 + j, n]
+                Ab[n, j] = At[n, d0 + j]
         for t in range(L):
             if t % chunk == 0:                              # checkpoint h_{t-1} for the backward
                 for n in range(N):
                     for j in range(nd):
                         ckpt[b, t // chunk, n, d0 + j] = h[n, j]
-            for n in range(N):
-                for j in range(nd):
-                    a_bar[n, j] = dt[b, t, d0 + j] * At[n, d0 + j]    # line 5: Delta A
-            _exp_buffer(a_flat, bits64, bits32)             # eq. (4): A_bar = exp(Delta A)
             for j in range(nd):
-                dtu[j] = dt[b, t, d0 + j] * u[b, t, d0 + j]   # B_bar u = Delta B u (Euler, as the reference code)
+                dtv[j] = dt[b, t, d0 + j]
+                uv[j] = u[b, t, d0 + j]
+                dtu[j] = dtv[j] * uv[j]                     # B_bar u = Delta u B (Euler, as the reference code)
                 acc[j] = 0.0
+            for n in range(N):
+                arow = a_bar[n]
+                Arow = Ab[n]
+                for j in range(nd):
+                    arow[j] = dtv[j] * Arow[j]              # line 5: Delta A
+            _exp_buffer(a_flat, bits64, bits32)             # eq. (4): A_bar = exp(Delta A)
             for n in range(N):
                 bn = B[b, t, n]
                 cn = C[b, t, n]
+                hrow = h[n]
+                arow = a_bar[n]
                 for j in range(nd):
-                    h[n, j] = a_bar[n, j] * h[n, j] + dtu[j] * bn   # eq. (2a): h_t = A_bar h_{t-1} + B_bar x_t
-                    acc[j] += cn * h[n, j]                      # eq. (2b): y_t = C_t h_t
+                    hv = arow[j] * hrow[j] + dtu[j] * bn    # eq. (2a): h_t = A_bar h_{t-1} + B_bar x_t
+                    hrow[j] = hv
+                    acc[j] += cn * hv                       # eq. (2b): y_t = C_t h_t
             for j in range(nd):
-                y[b, t, d0 + j] = acc[j] + Dsk[d0 + j] * u[b, t, d0 + j]     # skip connection D u
+                y[b, t, d0 + j] = acc[j] + Dsk[d0 + j] * uv[j]     # skip connection D u
         for n in range(N):
             for j in range(nd):
                 h_last[b, d0 + j, n] = h[n, j]
@@ -191,8 +202,9 @@ def _halving_sum(tmp, nd):
         half = w // 2
         off = w - half
         for n in range(tmp.shape[0]):
+            row = tmp[n]
             for j in range(half):
-                tmp[n, j] += tmp[n, j + off]
+                row[j] += row[j + off]
         w = off
 
 
@@ -219,16 +231,21 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
         a_bars = ab_flat.reshape((chunk, N, nd))            # A_bar_t of the chunk
         bits64 = np.empty(chunk * N * nd, np.int64)
         bits32 = np.empty(chunk * N * nd, np.int32)
+        Ab = np.empty((N, nd), u.dtype)                     # A of the block, transposed
         lam = np.empty((N, nd), u.dtype)                    # adjoint lambda = dLoss/dh
         dA_acc = np.zeros((N, nd))                          # float64: a sum over every time step
         tmpB = np.empty((N, nd), u.dtype)
         tmpC = np.empty((N, nd), u.dtype)
+        dtv = np.empty(nd, u.dtype)
+        uv = np.empty(nd, u.dtype)
+        gv = np.empty(nd, u.dtype)
         dtu = np.empty(nd, u.dtype)
         du_acc = np.empty(nd, u.dtype)
         ddt_acc = np.empty(nd, u.dtype)
         for n in range(N):
             for j in range(nd):
                 lam[n, j] = dh_last[b, d0 + j, n]           # gradient flowing into the returned last state
+                Ab[n, j] = At[n, d0 + j]
         for c in range(n_chunks - 1, -1, -1):               # chunks from last to first
             t0 = c * chunk
             t1 = min(L, t0 + chunk)
@@ -237,9 +254,13 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
                 for j in range(nd):
                     hs[0, n, j] = ckpt[b, c, n, d0 + j]
             for i in range(T):
+                for j in range(nd):
+                    dtv[j] = dt[b, t0 + i, d0 + j]
                 for n in range(N):
+                    arow = a_bars[i, n]
+                    Arow = Ab[n]
                     for j in range(nd):
-                        a_bars[i, n, j] = dt[b, t0 + i, d0 + j] * At[n, d0 + j]
+                        arow[j] = dtv[j] * Arow[j]
             _exp_buffer(ab_flat[:T * N * nd], bits64, bits32)      # every A_bar of the chunk at once
             for i in range(T):                              # recompute eq. (2a) inside the chunk
                 t = t0 + i
@@ -247,35 +268,50 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
                     dtu[j] = dt[b, t, d0 + j] * u[b, t, d0 + j]
                 for n in range(N):
                     bn = B[b, t, n]
+                    hprev = hs[i, n]
+                    hnext = hs[i + 1, n]
+                    arow = a_bars[i, n]
                     for j in range(nd):
-                        hs[i + 1, n, j] = a_bars[i, n, j] * hs[i, n, j] + dtu[j] * bn
+                        hnext[j] = arow[j] * hprev[j] + dtu[j] * bn
             for i in range(T - 1, -1, -1):                  # reverse time: hs[i + 1] = h_t, hs[i] = h_{t-1}
                 t = t0 + i
                 for j in range(nd):
-                    dtu[j] = dt[b, t, d0 + j] * u[b, t, d0 + j]
+                    dtv[j] = dt[b, t, d0 + j]
+                    uv[j] = u[b, t, d0 + j]
+                    gv[j] = dy[b, t, d0 + j]
+                    dtu[j] = dtv[j] * uv[j]
                     du_acc[j] = 0.0
                     ddt_acc[j] = 0.0
                 for n in range(N):
                     bn = B[b, t, n]
                     cn = C[b, t, n]
-                    an = At[n, d0:d0 + nd]
+                    lrow = lam[n]
+                    hcur = hs[i + 1, n]
+                    hprev = hs[i, n]
+                    arow = a_bars[i, n]
+                    Arow = Ab[n]
+                    brow = tmpB[n]
+                    crow = tmpC[n]
+                    darow = dA_acc[n]
                     for j in range(nd):
-                        g = dy[b, t, d0 + j]
-                        lam[n, j] += g * cn                                 # step 3: lambda_t += dy_t C_t
-                        tmpC[n, j] = g * hs[i + 1, n, j]                    # step 4: dC_t = sum_d dy_t h_t
-                        tmpB[n, j] = lam[n, j] * dtu[j]                     # step 5: dB_t = sum_d lambda_t dt u
-                        du_acc[j] += lam[n, j] * bn                         # step 6: du_t = dt sum_n lambda B
-                        ah = a_bars[i, n, j] * hs[i, n, j]                  # A_bar_t h_{t-1}
-                        ddt_acc[j] += lam[n, j] * (bn * u[b, t, d0 + j] + an[j] * ah)   # step 7
-                        dA_acc[n, j] += lam[n, j] * dt[b, t, d0 + j] * ah   # step 8
-                        lam[n, j] *= a_bars[i, n, j]                        # A_bar_t lambda_t, for step t-1
+                        lrow[j] += gv[j] * cn                               # step 3: lambda_t += dy_t C_t
+                        crow[j] = gv[j] * hcur[j]                           # step 4: dC_t = sum_d dy_t h_t
+                        brow[j] = lrow[j] * dtu[j]                          # step 5: dB_t = sum_d lambda_t dt u
+                    for j in range(nd):
+                        du_acc[j] += lrow[j] * bn                           # step 6: du_t = dt sum_n lambda B
+                    for j in range(nd):
+                        ah = arow[j] * hprev[j]                             # A_bar_t h_{t-1}
+                        ddt_acc[j] += lrow[j] * (bn * uv[j] + Arow[j] * ah)     # step 7
+                        darow[j] += lrow[j] * dtv[j] * ah                   # step 8
+                    for j in range(nd):
+                        lrow[j] *= arow[j]                                  # A_bar_t lambda_t, for step t-1
                 _halving_sum(tmpB, nd)                      # sums over the block's channels
                 _halving_sum(tmpC, nd)
                 for n in range(N):
                     dB_part[blk, b, t, n] = tmpB[n, 0]
                     dC_part[blk, b, t, n] = tmpC[n, 0]
                 for j in range(nd):
-                    du[b, t, d0 + j] = dt[b, t, d0 + j] * du_acc[j] + Dsk[d0 + j] * dy[b, t, d0 + j]  # 6, 2
+                    du[b, t, d0 + j] = dtv[j] * du_acc[j] + Dsk[d0 + j] * gv[j]    # steps 6 and 2
                     ddt[b, t, d0 + j] = ddt_acc[j]
         for n in range(N):
             for j in range(nd):

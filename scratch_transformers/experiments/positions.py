@@ -37,7 +37,7 @@ TITLE = "Positions: train short, test long (sinusoidal, learned, RoPE, PI, NTK, 
 SIZES = {
     "quick": dict(L=32, d_model=64, n_layers=2, n_heads=4, steps=200, batch=16, lr=3e-3,
                   ft_scale=4, ft_steps=60, mults=(1, 2, 4, 8), eval_tokens=4096),
-    "full": dict(L=64, d_model=64, n_layers=2, n_heads=4, steps=1200, batch=16, lr=3e-3,
+    "full": dict(L=64, d_model=64, n_layers=2, n_heads=4, steps=1000, batch=16, lr=3e-3,
                  ft_scale=4, ft_steps=200, mults=(1, 1.5, 2, 3, 4, 6, 8), eval_tokens=12288),
 }
 
@@ -124,6 +124,41 @@ def scaling_law_rows(head_dim: int, train_len: int, tune_lens, base: float = 100
     return rows
 
 
+def plot_curves(loss: dict, tail: dict, lengths: list, L: int, cfg: dict, out_dir) -> Path:
+    """ALiBi Fig. 1 style: validation loss vs evaluation length, one curve per method; left all tokens,
+    right only the tokens at positions >= L. loss/tail: {method: {length: value}}."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    styles = {"sinusoidal": ("C0", "o", "-"), "learned": ("C7", "s", "-"), "rope": ("C1", "^", "-"),
+              "rope+PI (no FT)": ("C1", "v", ":"), "rope+PI (FT)": ("C3", "D", "-"),
+              "rope+NTK (no FT)": ("C5", "P", "--"), "rope base 500 (FT)": ("C4", "<", "-."),
+              "rope base 1e+06 (FT)": ("C9", ">", "-."), "alibi": ("C2", "o", "-"),
+              "alibi+PI slopes (no FT)": ("C2", "x", "--")}
+    for ax, values, title in ((axes[0], loss, "all tokens of each window"),
+                              (axes[1], tail, f"only tokens at positions >= L = {L}")):
+        for method in CURVES:
+            xs = [n for n in lengths if n in values.get(method, {}) and np.isfinite(values[method][n])]
+            if not xs:
+                continue
+            c, mk, ls = styles[method]
+            ax.plot(xs, [values[method][n] for n in xs], ls, color=c, marker=mk, label=method, lw=1.3, ms=5)
+        ax.axvline(L, color="k", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths)
+        ax.set_xticklabels([str(n) for n in lengths])
+        ax.set(title=title, xlabel="evaluation length (bytes)", ylabel="validation loss (nats/byte)")
+    every = [v for vals in (loss, tail) for m in vals for v in vals[m].values() if np.isfinite(v)]
+    for ax in axes:                                                      # clip only runaway blow-ups
+        ax.set_ylim(min(every) - 0.05, min(max(every), min(every) + 2.5) + 0.05)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.suptitle(f"Byte LMs trained at L={L} ({cfg['steps']} steps, d={cfg['d_model']}, "
+                 f"{cfg['n_layers']} layers), evaluated at 1x..{max(cfg['mults']):g}x", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    return savefig(fig, out_dir, "positions_extrapolation.png")
+
+
 def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Path = Path("out/positions"),
         progress: bool = True) -> ExperimentResult:
     import matplotlib.pyplot as plt
@@ -192,33 +227,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     total = time.perf_counter() - t0
 
     # ---- figure: ALiBi Fig. 1 style, loss vs evaluation length --------------------------------------
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    styles = {"sinusoidal": ("C0", "o", "-"), "learned": ("C7", "s", "-"), "rope": ("C1", "^", "-"),
-              "rope+PI (no FT)": ("C1", "v", ":"), "rope+PI (FT)": ("C3", "D", "-"),
-              "rope+NTK (no FT)": ("C5", "P", "--"), "rope base 500 (FT)": ("C4", "<", "-."),
-              "rope base 1e+06 (FT)": ("C9", ">", "-."), "alibi": ("C2", "o", "-"),
-              "alibi+PI slopes (no FT)": ("C2", "x", "--")}
-    for ax, values, title in ((axes[0], loss, "all tokens of each window"),
-                              (axes[1], tail, f"only tokens at positions >= L = {L}")):
-        for method in CURVES:
-            xs = [n for n in lengths if n in values[method] and np.isfinite(values[method][n])]
-            if not xs:
-                continue
-            c, mk, ls = styles[method]
-            ax.plot(xs, [values[method][n] for n in xs], ls, color=c, marker=mk, label=method, lw=1.3, ms=5)
-        ax.axvline(L, color="k", lw=0.8, ls=":")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths)
-        ax.set_xticklabels([str(n) for n in lengths])
-        ax.set(title=title, xlabel="evaluation length (bytes)", ylabel="validation loss (nats/byte)")
-    every = [v for vals in (loss, tail) for m in CURVES for v in vals[m].values() if np.isfinite(v)]
-    for ax in axes:                                                      # clip only runaway blow-ups
-        ax.set_ylim(min(every) - 0.05, min(max(every), min(every) + 2.5) + 0.05)
-    axes[0].legend(fontsize=7.5, loc="upper left")
-    fig.suptitle(f"Byte LMs trained at L={L} ({cfg['steps']} steps, d={cfg['d_model']}, "
-                 f"{cfg['n_layers']} layers), evaluated at 1x..{max(cfg['mults']):g}x", fontsize=10)
-    fig.tight_layout()
-    fig_path = savefig(fig, out_dir, "positions_extrapolation.png")
+    fig_path = plot_curves(loss, tail, lengths, L, cfg, out_dir)
 
     # ---- RoFormer Fig. 2 (long-term decay) and the base changes used above, no training -------------
     fig2, ax = plt.subplots(figsize=(6, 3.4))

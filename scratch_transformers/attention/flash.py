@@ -238,6 +238,39 @@ def _mm_acc_atb(p, b, inner, rows, cols, out):
 
 
 @njit(cache=True)
+def _row_max(x, n):
+    """max(x[:n]) with 8 independent running maxima (a single chain waits on every compare)."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -np.inf
+    c = 0
+    while c + 8 <= n:
+        m0, m1, m2, m3 = max(m0, x[c]), max(m1, x[c + 1]), max(m2, x[c + 2]), max(m3, x[c + 3])
+        m4, m5, m6, m7 = max(m4, x[c + 4]), max(m5, x[c + 5]), max(m6, x[c + 6]), max(m7, x[c + 7])
+        c += 8
+    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    while c < n:
+        m = max(m, x[c])
+        c += 1
+    return m
+
+
+@njit(cache=True)
+def _row_sum(x, n):
+    """sum(x[:n]) with 8 independent partial sums (same idea; the order of additions changes, the
+    result only by rounding)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = x[0] * 0.0
+    c = 0
+    while c + 8 <= n:
+        s0, s1, s2, s3 = s0 + x[c], s1 + x[c + 1], s2 + x[c + 2], s3 + x[c + 3]
+        s4, s5, s6, s7 = s4 + x[c + 4], s5 + x[c + 5], s6 + x[c + 6], s7 + x[c + 7]
+        c += 8
+    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    while c < n:
+        s += x[c]
+        c += 1
+    return s
+
+
+@njit(cache=True)
 def _exp_row(x, n, tbuf):
     """x[:n] = exp(x[:n]) in place, for x <= ~0 (all the kernels need: S - m and S - L).
 
@@ -339,9 +372,7 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
                 _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
                            c0 + bc - 1 > r0 + offset)            # only diagonal tiles need the mask
                 for r in range(br):
-                    m_new = m[r]                                 # line 9: m = max(m_old, rowmax S)
-                    for c in range(bc):
-                        m_new = max(m_new, s[r, c])
+                    m_new = max(m[r], _row_max(s[r], bc))        # line 9: m = max(m_old, rowmax S)
                     if m_new == -np.inf:                         # row sees no key yet: P~ row = 0
                         for c in range(bc):
                             s[r, c] = 0.0
@@ -354,9 +385,7 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
                     for c in range(bc):
                         s[r, c] -= m_new
                     _exp_row(s[r], bc, tbuf)                     # line 9: P~ = exp(S - m)
-                    for c in range(bc):
-                        l_r += s[r, c]                           # line 9: l += rowsum P~ (undropped)
-                    l[r] = l_r
+                    l[r] = l_r + _row_sum(s[r], bc)              # line 9: l += rowsum P~ (undropped)
                     if has_dropout:                              # Alg. 2 line 14: P~ o Z
                         base = ((b * n_h + h) * n_q + r0 + r) * n_k + c0
                         for c in range(bc):

@@ -374,3 +374,15 @@ def test_training_with_flash_reproduces_reference_loss_curve(positions):
         curves[attention] = np.array(hist.losses)
     assert curves["reference"][-1] < curves["reference"][0] - 0.1          # it trains
     np.testing.assert_allclose(curves["flash"], curves["reference"], rtol=1e-10, atol=0)
+
+
+@pytest.mark.slow
+def test_experiment_quick_runs_and_reports(tmp_path):
+    from scratch_transformers.experiments import flash as experiment
+
+    res = experiment.run("quick", rng=np.random.default_rng(0), out_dir=tmp_path)
+    assert res.name == "flash" and len(res.figures) == 2 and all(p.is_file() for p in res.figures)
+    assert res.metrics["max_rel_error_float64"] < 1e-12
+    assert res.metrics["memory_ratio_ref_over_flash_largest_n"] > 4          # N = 1024: measured ~12x
+    assert abs(res.metrics["causal_tile_fraction_n4096"] - 2080 / 4096) < 1e-12
+    assert "| N |" in res.summary

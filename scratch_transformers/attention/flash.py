@@ -38,7 +38,18 @@ gets out = 0 and lse = -inf, and no NaN anywhere.
 Dropout (FA-1 Alg. 2 line 14, Alg. 4 line 14): counter-based, so nothing is stored. Entry
 (b, h, i, j) of call seed s is kept iff u >= p, where u = top 53 bits of splitmix64 output number
 ((b*H + h)*Nq + i)*Nk + j of the stream seeded by s, divided by 2^53. The backward regenerates the
-same keep-mask from (s, b, h, i, j); ``flash_dropout_mask`` materialises it for tests.
+same keep-mask from (s, b, h, i, j); ``flash_dropout_mask`` materialises it for tests. An explicit
+boolean ``dropout_mask`` (the reference's option) is accepted instead of a seed, so the model can pass
+the same options to either core.
+
+Usage (float32 or float64, any block sizes):
+
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.standard_normal((1, 2, 100, 16)) for _ in range(3))
+    >>> out, cache = flash_attention_forward(q, k, v, causal=True, block_q=32, block_k=48)
+    >>> dq, dk, dv, dbias = flash_attention_backward(np.ones_like(out), cache)
+    >>> out.shape, cache.lse.shape, dbias is None
+    ((1, 2, 100, 16), (1, 2, 100), True)
 """
 
 from __future__ import annotations

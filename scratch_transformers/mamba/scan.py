@@ -319,6 +319,13 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
                 dA_part[b, n, d0 + j] = dA_acc[n, j]
 
 
+# The same loops compiled without threads: below PARALLEL_MIN_WORK state updates (b * L * D * N) a parallel launch
+# costs more than it saves (and on a loaded machine it waits for a worker thread to be scheduled).
+PARALLEL_MIN_WORK = 1 << 21
+_ssm_forward_serial = njit(cache=True)(getattr(_ssm_forward_kernel, "py_func", _ssm_forward_kernel))
+_ssm_backward_serial = njit(cache=True)(getattr(_ssm_backward_kernel, "py_func", _ssm_backward_kernel))
+
+
 class ScanCache(NamedTuple):
     u: np.ndarray             # (b, L, D)
     dt: np.ndarray            # (b, L, D) Delta = softplus(delta + delta_bias) (or without the softplus)
@@ -402,7 +409,8 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     y = np.empty((nb, L, Dd), dtype)                                             # (b, L, D) C_t h_t + D u_t
     h_last = np.empty((nb, Dd, N), dtype)                                        # (b, D, N)
     ckpt = np.empty((nb, (L + chunk - 1) // chunk, N, Dd), dtype)               # (b, n_chunks, N, D)
-    _ssm_forward_kernel(np.ascontiguousarray(u), np.ascontiguousarray(dt), At, np.ascontiguousarray(B),
+    kernel = _ssm_forward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_forward_serial
+    kernel(np.ascontiguousarray(u), np.ascontiguousarray(dt), At, np.ascontiguousarray(B),
                         np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_BLOCK, Dd), y, h_last, ckpt)
     if z is not None:
         out = y * z
@@ -456,7 +464,8 @@ def selective_scan_backward(dy, cache):
     dA_part = np.empty((nb, N, Dd), np.float64)                 # per batch element, summed below
     dB_part = np.empty((n_blocks, nb, L, N), np.float64)        # per channel block, summed below
     dC_part = np.empty((n_blocks, nb, L, N), np.float64)
-    _ssm_backward_kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.dt), cache.At,
+    kernel = _ssm_backward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_backward_serial
+    kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.dt), cache.At,
                          np.ascontiguousarray(cache.B), np.ascontiguousarray(cache.C), Dskip, cache.ckpt,
                          np.ascontiguousarray(dy_), dh_last, cache.chunk, block,
                          du, ddt, dh0, dA_part, dB_part, dC_part)                    # steps 3-8

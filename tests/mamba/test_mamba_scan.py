@@ -136,6 +136,20 @@ def test_scan_forward_and_gradients_match_numpy_loop_float64(rng, shape, flags):
             assert rel(g, r) <= 1e-12, (name, rel(g, r))
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_threaded_kernels_match_reference(rng, monkeypatch, dtype, tol):
+    """Small problems run the serial build of the kernels; force the prange (threaded) build here."""
+    import scratch_transformers.mamba.scan as S
+    monkeypatch.setattr(S, "PARALLEL_MIN_WORK", 0)
+    kw = make(rng, 3, 41, 70, 5, dtype=dtype)                    # 70 channels: 3 blocks, the last one partial
+    dout = rng.standard_normal((3, 41, 70)).astype(dtype)
+    dh_last = rng.standard_normal((3, 70, 5)).astype(dtype)
+    (out, hl, grads), (rout, rhl, rgrads) = run_both(kw, True, dout, dh_last, chunk=16)
+    assert rel(out, rout) <= tol and rel(hl, rhl) <= tol
+    for name, g, r in zip(NAMES, grads, rgrads):
+        assert rel(g, r) <= tol, (name, rel(g, r))
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 5, 16, 1000])
 def test_checkpoint_interval_does_not_change_results(rng, chunk):
     kw = make(rng, 2, 16, 4, 3)

@@ -32,6 +32,7 @@ backward (B and C are shared by all channels, so their gradients are summed over
 from __future__ import annotations
 
 import math
+import types
 from typing import NamedTuple
 
 import numpy as np
@@ -322,8 +323,19 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
 # The same loops compiled without threads: below PARALLEL_MIN_WORK state updates (b * L * D * N) a parallel launch
 # costs more than it saves (and on a loaded machine it waits for a worker thread to be scheduled).
 PARALLEL_MIN_WORK = 1 << 21
-_ssm_forward_serial = njit(cache=True)(getattr(_ssm_forward_kernel, "py_func", _ssm_forward_kernel))
-_ssm_backward_serial = njit(cache=True)(getattr(_ssm_backward_kernel, "py_func", _ssm_backward_kernel))
+
+
+def _serial_build(kernel, name):
+    """The kernel's Python function under a new name (so numba's on-disk cache keeps the two builds apart)."""
+    f = getattr(kernel, "py_func", kernel)
+    g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    g.__qualname__ = name
+    g.__doc__ = f.__doc__
+    return njit(cache=True)(g)
+
+
+_ssm_forward_serial = _serial_build(_ssm_forward_kernel, "_ssm_forward_serial")
+_ssm_backward_serial = _serial_build(_ssm_backward_kernel, "_ssm_backward_serial")
 
 
 class ScanCache(NamedTuple):

@@ -364,7 +364,12 @@ def _softplus(x):
 
 
 def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))                          # 1 / (1 + e^-x) without overflow
+    """1 / (1 + e^-x) = (1 + tanh(x / 2)) / 2 without overflow (computed in one buffer)."""
+    out = np.multiply(x, 0.5, dtype=x.dtype)
+    np.tanh(out, out=out)
+    out += 1
+    out *= 0.5
+    return out
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, h0):
@@ -460,8 +465,13 @@ def selective_scan_backward(dy, cache):
     z, Dskip = cache.z, cache.D
     if has_z:                                                   # step 1: gate out = y silu(z)
         s = _sigmoid(z)
+        tmp = 1 - s
+        tmp *= z
+        tmp += 1
+        tmp *= s                                                # silu'(z) = s (1 + z (1 - s))
         dz = cache.y * dout
-        dz *= s * (1 + z * (1 - s))                             # dz = dout y silu'(z)
+        dz *= tmp                                               # dz = dout y silu'(z)
+        del tmp
         dy_ = dout * z
         dy_ *= s                                                # dy = dout silu(z)
         del s
@@ -474,8 +484,8 @@ def selective_scan_backward(dy, cache):
     ddt = np.empty_like(u)                                      # (b, L, D)
     dh0 = np.empty((nb, Dd, N), dtype)                          # (b, D, N)
     dA_part = np.empty((nb, N, Dd), np.float64)                 # per batch element, summed below
-    dB_part = np.empty((n_blocks, nb, L, N), np.float64)        # per channel block, summed below
-    dC_part = np.empty((n_blocks, nb, L, N), np.float64)
+    dB_part = np.empty((n_blocks, nb, L, N), dtype)             # per channel block, summed below
+    dC_part = np.empty((n_blocks, nb, L, N), dtype)
     kernel = _ssm_backward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_backward_serial
     kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.dt), cache.At,
                          np.ascontiguousarray(cache.B), np.ascontiguousarray(cache.C), Dskip, cache.ckpt,
@@ -490,8 +500,8 @@ def selective_scan_backward(dy, cache):
     ddelta = ddt
     return (du, ddelta,
             dA_part.sum(axis=0).T.astype(dtype),
-            dB_part.sum(axis=0).astype(dtype),
-            dC_part.sum(axis=0).astype(dtype),
+            dB_part.sum(axis=0).astype(dtype, copy=False),
+            dC_part.sum(axis=0).astype(dtype, copy=False),
             dD,
             dz,
             ddelta.sum(axis=(0, 1)) if has_bias else None,

@@ -323,6 +323,7 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
 # The same loops compiled without threads: below PARALLEL_MIN_WORK state updates (b * L * D * N) a parallel launch
 # costs more than it saves (and on a loaded machine it waits for a worker thread to be scheduled).
 PARALLEL_MIN_WORK = 1 << 21
+TIME_SLAB = 256       # the NumPy parts of the backward work on slabs of time steps (bounded temporaries)
 
 
 def _serial_build(kernel, name):
@@ -464,17 +465,20 @@ def selective_scan_backward(dy, cache):
     has_D, has_z, has_bias, has_h0 = cache.has
     z, Dskip = cache.z, cache.D
     if has_z:                                                   # step 1: gate out = y silu(z)
-        s = _sigmoid(z)
-        tmp = 1 - s
-        tmp *= z
-        tmp += 1
-        tmp *= s                                                # silu'(z) = s (1 + z (1 - s))
-        dz = cache.y * dout
-        dz *= tmp                                               # dz = dout y silu'(z)
-        del tmp
-        dy_ = dout * z
-        dy_ *= s                                                # dy = dout silu(z)
-        del s
+        dz = np.empty_like(u)
+        dy_ = np.empty_like(u)
+        for t0 in range(0, L, TIME_SLAB):                       # slabs of time steps bound the temporaries
+            sl = slice(t0, t0 + TIME_SLAB)
+            zs = z[:, sl]
+            s = _sigmoid(zs)
+            np.multiply(dout[:, sl], zs, out=dy_[:, sl])
+            dy_[:, sl] *= s                                     # dy = dout silu(z)
+            tmp = 1 - s
+            tmp *= zs
+            tmp += 1
+            tmp *= s                                            # silu'(z) = s (1 + z (1 - s))
+            np.multiply(cache.y[:, sl], dout[:, sl], out=dz[:, sl])
+            dz[:, sl] *= tmp                                    # dz = dout y silu'(z)
     else:
         dz, dy_ = None, dout
     dD = np.einsum("bld,bld->d", dy_, u) if has_D else None    # step 2: skip y += D u
@@ -492,11 +496,11 @@ def selective_scan_backward(dy, cache):
                          np.ascontiguousarray(dy_), dh_last, cache.chunk, block,
                          du, ddt, dh0, dA_part, dB_part, dC_part)                    # steps 3-8
     if cache.delta_softplus:                                    # step 9: softplus'(x) = sigmoid(x) = 1 - e^{-dt}
-        e = np.negative(cache.dt)
-        np.expm1(e, out=e)
-        ddt *= e
+        for t0 in range(0, L, TIME_SLAB):
+            e = np.negative(cache.dt[:, t0:t0 + TIME_SLAB])
+            np.expm1(e, out=e)
+            ddt[:, t0:t0 + TIME_SLAB] *= e
         np.negative(ddt, out=ddt)
-        del e
     ddelta = ddt
     return (du, ddelta,
             dA_part.sum(axis=0).T.astype(dtype),

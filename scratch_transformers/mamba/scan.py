@@ -25,13 +25,14 @@ Like the paper's hardware-aware kernel (Sec. 3.3, App. D) the (b, L, D, N) tenso
 materialised: the forward keeps the inputs and the state at every ``chunk``-th step (a checkpoint of
 b * ceil(L/chunk) * D * N numbers); the backward recomputes the states of one chunk at a time and runs the
 reverse-time adjoint recurrence lambda_t = dy_t C_t + A_bar_{t+1} * lambda_{t+1} (derivations/mamba.md#adjoint).
-Work is split with ``prange`` over (batch, channel) in the forward and over (batch, block of channels) in the
-backward (B and C are shared by all channels, so their gradients are summed over a block without races).
+Work is split with ``prange`` over (batch, block of 32 channels) in both directions (B and C are shared by all
+channels, so their gradients are summed over a block without races, then over blocks); problems with fewer than
+PARALLEL_MIN_WORK state updates run a serial build of the same loops. The kernels compute in the inputs' dtype.
+Everything elementwise over (b, L, D) (softplus, the gate, their derivatives) is NumPy around the kernels.
 """
 
 from __future__ import annotations
 
-import math
 import types
 from typing import NamedTuple
 

@@ -281,41 +281,68 @@ def _row_sum(x, n):
     return s
 
 
+_F32 = np.float32
+_LOG2E_32, _LN2_HI_32, _LN2_LO_32 = _F32(1.4426950408889634), _F32(0.693359375), _F32(-2.12194440e-4)
+_EXP_MIN_32, _MAGIC_32, _HALF_32 = _F32(-87.0), _F32(8388735.0), _F32(0.5)       # 2^23 + 127
+_C32 = tuple(_F32(1.0 / math.factorial(i)) for i in range(8))                     # 1/n!, n = 0..7
+
+
 @njit(cache=True)
 def _exp_row(x, n, tbuf):
     """x[:n] = exp(x[:n]) in place, for x <= ~0 (all the kernels need: S - m and S - L).
+    tbuf: scratch of at least n entries with x's dtype.
 
     numba's np.exp is a scalar libm call here (no SVML), the one op of the tile loop LLVM cannot
     vectorise. This is the textbook vectorisable exp instead: x = k ln2 + r with |r| <= ln2/2
-    (Cody-Waite: ln2 split into a high and a low part), exp(r) by its degree-13 Taylor polynomial
-    (truncation < 1e-18), 2^k built in the exponent bits of a float64 (k + 1023 placed in the low
-    mantissa bits by adding 2^52 + 1023, then shifted left by 52). Computed in float64 for both
-    dtypes; measured max relative error vs np.exp ~2.2e-16 (tests/attention/test_flash.py).
-    Inputs below -708 (incl. -inf) give 0: < 1e-307 next to the row maximum's exp(0) = 1.
+    (Cody-Waite: ln2 split into a high part, exact in k * ln2_hi, and a low part), exp(r) by its
+    Taylor polynomial (degree 13 in float64, 7 in float32: truncation below half an ulp), and 2^k
+    built in the exponent bits (k + bias placed in the low mantissa bits by adding 2^52 + 1023,
+    resp. 2^23 + 127, then shifted into the exponent field). Inputs below -708 (float32: -87),
+    incl. -inf, give 0: < 1e-307 (1e-38) next to the row maximum's exp(0) = 1. Measured against
+    np.exp: <= 2.2e-16 (float64) and a few float32 ulps (tests/attention/test_flash.py).
     """
-    for c in range(n):
-        xc = max(np.float64(x[c]), -708.0)
-        kf = np.floor(xc * 1.4426950408889634 + 0.5)                  # k = round(x / ln2)
-        r = (xc - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
-        e = 1.0 / 6227020800.0                                        # Horner: sum_{n<=13} r^n / n!
-        e = e * r + 1.0 / 479001600.0
-        e = e * r + 1.0 / 39916800.0
-        e = e * r + 1.0 / 3628800.0
-        e = e * r + 1.0 / 362880.0
-        e = e * r + 1.0 / 40320.0
-        e = e * r + 1.0 / 5040.0
-        e = e * r + 1.0 / 720.0
-        e = e * r + 1.0 / 120.0
-        e = e * r + 1.0 / 24.0
-        e = e * r + 1.0 / 6.0
-        e = e * r + 0.5
-        e = e * r + 1.0
-        e = e * r + 1.0
-        x[c] = e if x[c] >= -708.0 else 0.0
-        tbuf[c] = kf + 4503599627371519.0                             # 2^52 + 1023 + k
-    bits = tbuf.view(np.int64)
-    for c in range(n):
-        bits[c] = bits[c] << 52                                       # -> the float64 2^k
+    if x.itemsize == 8:                                               # float64
+        for c in range(n):
+            xc = max(x[c], -708.0)
+            kf = np.floor(xc * 1.4426950408889634 + 0.5)              # k = round(x / ln2)
+            r = (xc - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
+            e = 1.0 / 6227020800.0                                    # Horner: sum_{n<=13} r^n / n!
+            e = e * r + 1.0 / 479001600.0
+            e = e * r + 1.0 / 39916800.0
+            e = e * r + 1.0 / 3628800.0
+            e = e * r + 1.0 / 362880.0
+            e = e * r + 1.0 / 40320.0
+            e = e * r + 1.0 / 5040.0
+            e = e * r + 1.0 / 720.0
+            e = e * r + 1.0 / 120.0
+            e = e * r + 1.0 / 24.0
+            e = e * r + 1.0 / 6.0
+            e = e * r + 0.5
+            e = e * r + 1.0
+            e = e * r + 1.0
+            x[c] = e if x[c] >= -708.0 else 0.0
+            tbuf[c] = kf + 4503599627371519.0                         # 2^52 + 1023 + k
+        bits = tbuf.view(np.int64)
+        for c in range(n):
+            bits[c] = bits[c] << 52                                   # -> the float64 2^k
+    else:                                                             # float32, all in float32
+        for c in range(n):
+            xc = max(x[c], _EXP_MIN_32)
+            kf = np.floor(xc * _LOG2E_32 + _HALF_32)
+            r = (xc - kf * _LN2_HI_32) - kf * _LN2_LO_32
+            e = _C32[7]                                               # sum_{n<=7} r^n / n!
+            e = e * r + _C32[6]
+            e = e * r + _C32[5]
+            e = e * r + _C32[4]
+            e = e * r + _C32[3]
+            e = e * r + _C32[2]
+            e = e * r + _C32[1]
+            e = e * r + _C32[0]
+            x[c] = e if x[c] >= _EXP_MIN_32 else _F32(0.0)
+            tbuf[c] = kf + _MAGIC_32                                  # 2^23 + 127 + k
+        bits32 = tbuf.view(np.int32)
+        for c in range(n):
+            bits32[c] = bits32[c] << 23                               # -> the float32 2^k
     for c in range(n):
         x[c] *= tbuf[c]
 
@@ -357,7 +384,7 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
         acc = np.empty((block_q, d_v), q.dtype)
         m = np.empty(block_q, q.dtype)
         l = np.empty(block_q, q.dtype)
-        tbuf = np.empty(block_k, np.float64)
+        tbuf = np.empty(block_k, q.dtype)
         for item in range(w, n_items, n_workers):               # round robin: balanced under causal
             b = item // (n_h * t_r)
             h = (item // t_r) % n_h
@@ -503,7 +530,7 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
         p = np.empty((block_q, block_k), q.dtype)               # S, then P
         p_drop = np.empty((block_q, block_k), q.dtype) if has_dropout else p   # P o Z
         ds = np.empty((block_q, block_k), q.dtype)              # dP, then dS
-        tbuf = np.empty(block_k, np.float64)
+        tbuf = np.empty(block_k, q.dtype)
         wb = np.int64(w) if per_worker_dbias else np.int64(0)
         for bh in range(w, n_b * n_h, n_workers):
             b, h = bh // n_h, bh % n_h

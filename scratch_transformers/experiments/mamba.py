@@ -30,14 +30,15 @@ TITLE = "Mamba: selective copying (S6 vs LTI vs attention) and induction-head le
 
 SIZES = {
     "quick": dict(copy_region=16, copy_tokens=2, copy_vocab=6, copy_steps=300,
-                  ind_len=16, ind_vocab=8, ind_steps=500, test_mults=(1, 2, 4, 8, 16),
+                  ind_len=16, ind_vocab=8, ind_steps=1200, test_mults=(1, 2, 4, 8, 16),
                   d_model=32, d_state=8, batch=16, n_val=128, models=("s6", "lti", "attention")),
     "full": dict(copy_region=32, copy_tokens=4, copy_vocab=8, copy_steps=1500,
-                 ind_len=32, ind_vocab=16, ind_steps=1500, test_mults=(1, 2, 4, 8, 16),
+                 ind_len=32, ind_vocab=16, ind_steps=3000, test_mults=(1, 2, 4, 8, 16),
                  d_model=32, d_state=16, batch=32, n_val=256, models=("s6", "lti", "attention")),
 }
-# peak learning rates (warm-up + cosine). The transformer does not learn induction at 3e-3 within 1000 steps,
-# at 1e-3 it does (its induction head forms between steps ~600 and ~900); the Mamba models use 1e-2.
+# peak learning rates (warm-up + cosine). The transformer did not learn induction at 3e-3 within 1000 steps; at
+# 1e-3 its induction head forms abruptly after several hundred to a few thousand steps (a seed-dependent phase
+# change), hence 3000 induction steps in "full" for every model. The Mamba models use 1e-2.
 LR = {"s6": 1e-2, "lti": 1e-2, "attention": 1e-3}
 
 LABELS = {"s6": "Mamba (S6, selective)", "lti": "Mamba LTI (time-invariant dt, B, C)",
@@ -142,7 +143,7 @@ def run(size="quick", rng=None, out_dir=Path("out"), progress=True) -> Experimen
         ind_curves[kind] = (hist, accs)
         for L, a in zip(lengths, accs):
             metrics[f"induction_acc_{kind}_L{L}"] = a
-        rows_ind.append([LABELS[kind], model.n_params] + [100 * a for a in accs] + [sec])
+        rows_ind.append([LABELS[kind], model.n_params, cfg["ind_steps"]] + [100 * a for a in accs] + [sec])
 
     # ---- figure ------------------------------------------------------------------------------
     import matplotlib.pyplot as plt
@@ -175,7 +176,7 @@ def run(size="quick", rng=None, out_dir=Path("out"), progress=True) -> Experimen
 
     # ---- summary -----------------------------------------------------------------------------
     copy_table = markdown_table(["model", "params", "steps", "held-out accuracy (%)", "train time (s)"], rows_copy)
-    ind_table = markdown_table(["model", "params"] + [f"L={L}" + (" (train)" if L == L0 else f" ({L // L0}x)")
+    ind_table = markdown_table(["model", "params", "steps"] + [f"L={L}" + (" (train)" if L == L0 else f" ({L // L0}x)")
                                                      for L in lengths] + ["train time (s)"], rows_ind)
     summary = (
         f"**Selective copying** (region {cfg['copy_region']}, {cfg['copy_tokens']} data tokens, vocab "
@@ -185,8 +186,9 @@ def run(size="quick", rng=None, out_dir=Path("out"), progress=True) -> Experimen
         f"**Induction heads** (vocab {cfg['ind_vocab']}, trained at length {L0} for {cfg['ind_steps']} steps, "
         f"accuracy (%) of the final prediction on {cfg['n_val']} held-out sequences per length; chance = "
         f"{100 / (cfg['ind_vocab'] - 1):.1f} %):\n\n{ind_table}\n\n"
-        "The paper trains for 400K (copying) / ~100K (induction) steps at length 4096 / 256; these runs are "
-        "thousands of times shorter, so a model that has not converged here is not evidence against the paper; "
-        "the comparison is between architectures trained identically.\n"
+        "The paper trains far longer (selective copying: 400K steps at length 4096; induction heads: length 256, "
+        "epochs of 8192 steps); a model that has not learned a task here within the budget is not evidence against "
+        "the paper. All models of a task get the same steps and batches; learning rates differ per architecture "
+        "(Mamba 1e-2, transformer 1e-3).\n"
     )
     return ExperimentResult(name=NAME, title=TITLE, summary=summary, figures=[fig_path], metrics=metrics)

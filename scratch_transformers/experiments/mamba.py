@@ -30,7 +30,7 @@ TITLE = "Mamba: selective copying (S6 vs LTI vs attention) and induction-head le
 
 SIZES = {
     "quick": dict(copy_region=16, copy_tokens=2, copy_vocab=6, copy_steps=300,
-                  ind_len=16, ind_vocab=8, ind_steps=1200, test_mults=(1, 2, 4, 8, 16),
+                  ind_len=16, ind_vocab=8, ind_steps=500, test_mults=(1, 2, 4, 8, 16),
                   d_model=32, d_state=8, batch=16, n_val=128, models=("s6", "lti", "attention")),
     "full": dict(copy_region=32, copy_tokens=4, copy_vocab=8, copy_steps=1500,
                  ind_len=32, ind_vocab=16, ind_steps=3000, test_mults=(1, 2, 4, 8, 16),

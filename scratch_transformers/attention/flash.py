@@ -370,10 +370,10 @@ def _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kp
 # FA-2 forward
 
 @njit(cache=True, parallel=True)
-def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed, threshold,
+def _fa2_forward_kernel(q, kt, v, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed, threshold,
                         zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, out, lse):
     n_b, n_h, n_q, d = q.shape
-    n_k, d_v = k.shape[2], v.shape[3]
+    n_k, d_v = kt.shape[3], v.shape[3]                           # kt: K^T per head, (B, H, d, Nk)
     t_r = (n_q + block_q - 1) // block_q
     n_items = n_b * n_h * t_r
     for w in prange(n_workers):                                  # FA-2 §3.2: workers own row blocks
@@ -401,9 +401,10 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
             last_key = min(n_k - 1, r0 + br - 1 + offset)        # causal: later key blocks skipped
             for c0 in range(0, last_key + 1, block_k):           # line 6: for j in 1..T_c
                 bc = min(block_k, n_k - c0)
-                for c in range(bc):                              # line 7: load K_j (transposed), V_j
-                    for t in range(d):
-                        kt_t[t, c] = k[b, h, c0 + c, t]
+                for t in range(d):                               # line 7: load K_j^T (rows of K^T) ...
+                    for c in range(bc):
+                        kt_t[t, c] = kt[b, h, t, c0 + c]
+                for c in range(bc):                              # ... and V_j
                     for t in range(d_v):
                         v_t[c, t] = v[b, h, c0 + c, t]
                 _mm_abt(q_t, kt_t, br, bc, d, s)                 # line 8: S = tau Q_i K_j^T
@@ -731,7 +732,8 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["dropout_mask"])
     n_items = n_b * n_h * -(-n_q // a["block_q"])
     with np.errstate(over="ignore"):   # splitmix64 wraps around uint64 on purpose (NUMBA_DISABLE_JIT=1)
-        _fa2_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
+        kt = np.ascontiguousarray(np.swapaxes(k, 2, 3))                  # K^T once per call: (B, H, d, Nk)
+        _fa2_forward_kernel(q, kt, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
                             a["kpm"], a["key_padding_mask"] is not None, *drop,
                             a["block_q"], a["block_k"], _n_workers(n_items), out, lse)
     cache = FlashCache(q=q, k=k, v=v, out=out, lse=lse, scale=a["scale"], offset=a["offset"], bias=a["bias"],

@@ -25,7 +25,7 @@ Like the paper's hardware-aware kernel (Sec. 3.3, App. D) the (b, L, D, N) tenso
 materialised: the forward keeps the inputs and the state at every ``chunk``-th step (a checkpoint of
 b * ceil(L/chunk) * D * N numbers); the backward recomputes the states of one chunk at a time and runs the
 reverse-time adjoint recurrence lambda_t = dy_t C_t + A_bar_{t+1} * lambda_{t+1} (derivations/mamba.md#adjoint).
-Work is split with ``prange`` over (batch, block of 32 channels) in both directions (B and C are shared by all
+Work is split with ``prange`` over (batch, block of 64 channels) in both directions (B and C are shared by all
 channels, so their gradients are summed over a block without races, then over blocks); problems with fewer than
 PARALLEL_MIN_WORK state updates run a serial build of the same loops. The kernels compute in the inputs' dtype.
 Everything elementwise over (b, L, D) (softplus, the gate, their derivatives) is NumPy around the kernels.
@@ -41,7 +41,7 @@ from numba import njit, prange
 
 from ..core import validate
 
-CHANNEL_BLOCK = 32  # channels per work item; fixed so that results do not depend on the thread count
+CHANNEL_BLOCK = 64  # channels per work item; fixed so that results do not depend on the thread count
 
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01    # ln 2 split in two so that k * _LN2_HI is exact for |k| < 2^11

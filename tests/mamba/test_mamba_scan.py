@@ -143,7 +143,7 @@ def test_threaded_kernels_match_reference(rng, monkeypatch, dtype, tol):
     import scratch_transformers.mamba.scan as S
     monkeypatch.setattr(S, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(S, "TIME_SLAB", 7)                       # several slabs of the NumPy gate backward
-    kw = make(rng, 3, 41, 70, 5, dtype=dtype)                    # 70 channels: 3 blocks, the last one partial
+    kw = make(rng, 3, 41, 70, 5, dtype=dtype)                    # 70 channels: 2 blocks of 64, the last one partial
     dout = rng.standard_normal((3, 41, 70)).astype(dtype)
     dh_last = rng.standard_normal((3, 70, 5)).astype(dtype)
     (out, hl, grads), (rout, rhl, rgrads) = run_both(kw, True, dout, dh_last, chunk=16)

@@ -109,9 +109,9 @@ def _peak(fn):
 def run(lengths=(256, 1024, 4096), batch=1, d=256, n=16, repeats=3, seed=0, chunk=64):
     rng = np.random.default_rng(seed)
     rows = []
-    # numba's per-thread scratch in the backward (states, A_bar and exponent bits of one chunk of one channel
-    # block), counted analytically in case the allocator is not traced
-    scratch = get_num_threads() * (2 * chunk + 1) * n * min(d, CHANNEL_BLOCK) * (4 + 8)
+    # numba's per-thread scratch in the backward (the states, A_bar and exponent bits of one chunk of one channel
+    # block, float32), counted analytically in case its allocator is not traced
+    scratch = get_num_threads() * (3 * chunk + 1) * n * min(d, CHANNEL_BLOCK) * 4
     for L in lengths:
         kw = _inputs(rng, batch, L, d, n, np.float32)
         dout = rng.standard_normal((batch, L, d)).astype(np.float32)

@@ -153,8 +153,8 @@ def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt)
         h = np.empty((N, nd), u.dtype)                      # state h_{t-1}[d0 + j, n] at h[n, j]
         a_flat = np.empty(N * nd, u.dtype)
         a_bar = a_flat.reshape((N, nd))                     # A_bar_t
-        bits64 = np.empty(N * nd, np.int64)
-        bits32 = np.empty(N * nd, np.int32)
+        bits64 = np.empty(N * nd if u.itemsize == 8 else 0, np.int64)     # exponent bits for exp
+        bits32 = np.empty(N * nd if u.itemsize == 4 else 0, np.int32)
         Ab = np.empty((N, nd), u.dtype)                     # A of the block, transposed
         dtv = np.empty(nd, u.dtype)                         # Delta_t, u_t, Delta_t u_t of the block
         uv = np.empty(nd, u.dtype)
@@ -211,13 +211,15 @@ def _halving_sum(tmp, nd):
 
 
 @njit(cache=True, parallel=True)
-def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
-                         du, ddt, dh0, dA_part, dB_part, dC_part):
+def _ssm_backward_kernel(u, dt, At, B, C, Dsk, z, has_z, ckpt, dout, dh_last, chunk, block,
+                         du, ddt, dz, dh0, dA_part, dB_part, dC_part, dD_part):
     """Reverse-time adjoint of _ssm_forward_kernel (derivations/mamba.md#adjoint, steps 2-8).
 
     Per chunk (last to first): recompute the chunk's states h from its checkpoint, then walk back in time with
     lambda_t = dy_t C_t + A_bar_{t+1} lambda_{t+1}. B_t and C_t are shared by all channels, so dB_t and dC_t are
     sums over channels: each work item writes the sum over its own block to dB_part[blk] / dC_part[blk].
+    Steps 1-2 (gate, skip) are done per time step too: with the gate (has_z), dy_t = dout_t silu(z_t) and
+    dz_t = dout_t y_t silu'(z_t), where y_t = C_t h_t + D u_t is recomputed from the chunk's states (never cached).
     """
     nb, L, D = u.shape
     N = At.shape[0]
@@ -231,10 +233,13 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
         hs = np.empty((chunk + 1, N, nd), u.dtype)          # h_{t0-1} .. h_{t1-1}: the states of one chunk
         ab_flat = np.empty(chunk * N * nd, u.dtype)
         a_bars = ab_flat.reshape((chunk, N, nd))            # A_bar_t of the chunk
-        bits64 = np.empty(chunk * N * nd, np.int64)
-        bits32 = np.empty(chunk * N * nd, np.int32)
+        bits64 = np.empty(chunk * N * nd if u.itemsize == 8 else 0, np.int64)   # exponent bits for exp
+        bits32 = np.empty(chunk * N * nd if u.itemsize == 4 else 0, np.int32)
         Ab = np.empty((N, nd), u.dtype)                     # A of the block, transposed
         lam = np.empty((N, nd), u.dtype)                    # adjoint lambda = dLoss/dh
+        yacc = np.empty(nd, u.dtype)
+        sv = np.empty(nd, u.dtype)                          # sigmoid(z_t) of the block
+        dD_acc = np.zeros(nd)                               # float64: a sum over every time step
         dA_acc = np.zeros((N, nd))                          # float64: a sum over every time step
         tmpB = np.empty((N, nd), u.dtype)
         tmpC = np.empty((N, nd), u.dtype)
@@ -280,10 +285,20 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
                 for j in range(nd):
                     dtv[j] = dt[b, t, d0 + j]
                     uv[j] = u[b, t, d0 + j]
-                    gv[j] = dy[b, t, d0 + j]
+                    gv[j] = dout[b, t, d0 + j]
                     dtu[j] = dtv[j] * uv[j]
                     du_acc[j] = 0.0
                     ddt_acc[j] = 0.0
+                    yacc[j] = 0.0
+                if has_z:                                   # step 1: sigmoid(z) = 1 / (1 + exp(-z))
+                    for j in range(nd):
+                        sv[j] = -z[b, t, d0 + j]
+                    _exp_buffer(sv, bits64, bits32)
+                    for j in range(nd):
+                        sv[j] = 1.0 / (1.0 + sv[j])
+                        gv[j] *= z[b, t, d0 + j] * sv[j]    # dy_t = dout_t silu(z_t)
+                for j in range(nd):
+                    dD_acc[j] += gv[j] * uv[j]              # step 2: dD = sum dy u
                 for n in range(N):
                     bn = B[b, t, n]
                     cn = C[b, t, n]
@@ -307,6 +322,9 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
                         darow[j] += lrow[j] * dtv[j] * ah                   # step 8
                     for j in range(nd):
                         lrow[j] *= arow[j]                                  # A_bar_t lambda_t, for step t-1
+                    if has_z:
+                        for j in range(nd):
+                            yacc[j] += cn * hcur[j]                         # y_t = C_t h_t, eq. (2b) again
                 _halving_sum(tmpB, nd)                      # sums over the block's channels
                 _halving_sum(tmpC, nd)
                 for n in range(N):
@@ -315,10 +333,17 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, ckpt, dy, dh_last, chunk, block,
                 for j in range(nd):
                     du[b, t, d0 + j] = dtv[j] * du_acc[j] + Dsk[d0 + j] * gv[j]    # steps 6 and 2
                     ddt[b, t, d0 + j] = ddt_acc[j]
+                if has_z:                                   # step 1: dz = dout y silu'(z), silu' = s (1 + z (1 - s))
+                    for j in range(nd):
+                        zj = z[b, t, d0 + j]
+                        yj = yacc[j] + Dsk[d0 + j] * uv[j]
+                        dz[b, t, d0 + j] = dout[b, t, d0 + j] * yj * sv[j] * (1.0 + zj * (1.0 - sv[j]))
         for n in range(N):
             for j in range(nd):
                 dh0[b, d0 + j, n] = lam[n, j]               # dLoss/dh0 = A_bar_0 lambda_0
                 dA_part[b, n, d0 + j] = dA_acc[n, j]
+        for j in range(nd):
+            dD_part[b, d0 + j] = dD_acc[j]
 
 
 # The same loops compiled without threads: below PARALLEL_MIN_WORK state updates (b * L * D * N) a parallel launch
@@ -348,7 +373,6 @@ class ScanCache(NamedTuple):
     C: np.ndarray             # (b, L, N)
     D: np.ndarray             # (D,) the skip D (zeros when D was None)
     z: np.ndarray | None      # (b, L, D)
-    y: np.ndarray             # (b, L, D) C_t h_t + D u_t (before the gate)
     ckpt: np.ndarray          # (b, ceil(L / chunk), N, D): h before steps 0, chunk, 2 chunk, ...
     delta_softplus: bool
     chunk: int
@@ -431,12 +455,13 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     kernel = _ssm_forward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_forward_serial
     kernel(np.ascontiguousarray(u), np.ascontiguousarray(dt), At, np.ascontiguousarray(B),
                         np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_BLOCK, Dd), y, h_last, ckpt)
+    out = y
     if z is not None:
-        out = y * z
-        out *= _sigmoid(z)                                                        # gate: y * silu(z)
-    else:
-        out = y.copy()
-    cache = ScanCache(u, dt, At, B, C, Dsk, z, y, ckpt, bool(delta_softplus), chunk, has)
+        for t0 in range(0, L, TIME_SLAB):                                        # gate: y * silu(z)
+            zs = z[:, t0:t0 + TIME_SLAB]
+            out[:, t0:t0 + TIME_SLAB] *= zs
+            out[:, t0:t0 + TIME_SLAB] *= _sigmoid(zs)
+    cache = ScanCache(u, dt, At, B, C, Dsk, z, ckpt, bool(delta_softplus), chunk, has)
     return (out, h_last), cache
 
 
@@ -465,37 +490,21 @@ def selective_scan_backward(dy, cache):
     dh_last = validate.same_dtype(validate.float_array(dh_last, "dh_last", shape=(nb, Dd, N)), "dh_last", u, "u")
     has_D, has_z, has_bias, has_h0 = cache.has
     z, Dskip = cache.z, cache.D
-    if has_z:                                                   # step 1: gate out = y silu(z)
-        dz = np.empty_like(u)
-        dy_ = np.empty_like(u)
-        for t0 in range(0, L, TIME_SLAB):                       # slabs of time steps bound the temporaries
-            sl = slice(t0, t0 + TIME_SLAB)
-            zs = z[:, sl]
-            s = _sigmoid(zs)
-            np.multiply(dout[:, sl], zs, out=dy_[:, sl])
-            dy_[:, sl] *= s                                     # dy = dout silu(z)
-            tmp = 1 - s
-            tmp *= zs
-            tmp += 1
-            tmp *= s                                            # silu'(z) = s (1 + z (1 - s))
-            np.multiply(cache.y[:, sl], dout[:, sl], out=dz[:, sl])
-            dz[:, sl] *= tmp                                    # dz = dout y silu'(z)
-    else:
-        dz, dy_ = None, dout
-    dD = np.einsum("bld,bld->d", dy_, u) if has_D else None    # step 2: skip y += D u
     block = min(CHANNEL_BLOCK, Dd)
     n_blocks = (Dd + block - 1) // block
     du = np.empty_like(u)                                       # (b, L, D)
     ddt = np.empty_like(u)                                      # (b, L, D)
+    dz = np.empty_like(u) if has_z else np.empty((1, 1, 1), dtype)
     dh0 = np.empty((nb, Dd, N), dtype)                          # (b, D, N)
     dA_part = np.empty((nb, N, Dd), np.float64)                 # per batch element, summed below
+    dD_part = np.empty((nb, Dd), np.float64)
     dB_part = np.empty((n_blocks, nb, L, N), dtype)             # per channel block, summed below
     dC_part = np.empty((n_blocks, nb, L, N), dtype)
     kernel = _ssm_backward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_backward_serial
-    kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.dt), cache.At,
-                         np.ascontiguousarray(cache.B), np.ascontiguousarray(cache.C), Dskip, cache.ckpt,
-                         np.ascontiguousarray(dy_), dh_last, cache.chunk, block,
-                         du, ddt, dh0, dA_part, dB_part, dC_part)                    # steps 3-8
+    kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.dt), cache.At, np.ascontiguousarray(cache.B),
+           np.ascontiguousarray(cache.C), Dskip, np.ascontiguousarray(z) if has_z else dz, has_z, cache.ckpt,
+           np.ascontiguousarray(dout), dh_last, cache.chunk, block,
+           du, ddt, dz, dh0, dA_part, dB_part, dC_part, dD_part)                      # steps 1-8
     if cache.delta_softplus:                                    # step 9: softplus'(x) = sigmoid(x) = 1 - e^{-dt}
         for t0 in range(0, L, TIME_SLAB):
             e = np.negative(cache.dt[:, t0:t0 + TIME_SLAB])
@@ -507,8 +516,8 @@ def selective_scan_backward(dy, cache):
             dA_part.sum(axis=0).T.astype(dtype),
             dB_part.sum(axis=0).astype(dtype, copy=False),
             dC_part.sum(axis=0).astype(dtype, copy=False),
-            dD,
-            dz,
+            dD_part.sum(axis=0).astype(dtype) if has_D else None,
+            dz if has_z else None,
             ddelta.sum(axis=(0, 1)) if has_bias else None,
             dh0 if has_h0 else None)
 

@@ -428,8 +428,8 @@ def _fa2_forward_kernel(q, kt, v, scale, offset, bias, bst, has_bias, kpm, has_k
                     if has_dropout:                              # Alg. 2 line 14: P~ o Z
                         base = ((b * n_h + h) * n_q + r0 + r) * n_k + c0
                         for c in range(bc):
-                            s[r, c] = s[r, c] * inv_keep if _kept(zmask, zst, has_zmask, b, h, r0 + r, c0 + c, seed, base + c,
-                                                                 threshold) else 0.0
+                            keep = _kept(zmask, zst, has_zmask, b, h, r0 + r, c0 + c, seed, base + c, threshold)
+                            s[r, c] = s[r, c] * inv_keep if keep else 0.0
                 _mm_acc_ab(s, v_t, br, bc, d_v, acc)             # line 10: ... + P~ V_j
             for r in range(br):                                  # lines 12-15
                 if l[r] > 0.0:

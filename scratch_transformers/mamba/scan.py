@@ -197,17 +197,14 @@ def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt)
 
 
 @njit(cache=True)
-def _halving_sum(tmp, nd):
-    """tmp[n, 0] <- sum_j tmp[n, j] by repeated halving (a fixed, thread-independent order that vectorises)."""
-    w = nd
-    while w > 1:
-        half = w // 2
-        off = w - half
+def _sum_over_channels(tmp, nd, out):
+    """out[n] = sum_j tmp[n, j], j = 0 .. nd-1 in order (a fixed, thread-independent order); the inner loop runs
+    over n so that it vectorises."""
+    for n in range(tmp.shape[0]):
+        out[n] = tmp[n, 0]
+    for j in range(1, nd):
         for n in range(tmp.shape[0]):
-            row = tmp[n]
-            for j in range(half):
-                row[j] += row[j + off]
-        w = off
+            out[n] += tmp[n, j]
 
 
 @njit(cache=True, parallel=True)
@@ -238,6 +235,8 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, z, has_z, ckpt, dout, dh_last, ch
         Ab = np.empty((N, nd), u.dtype)                     # A of the block, transposed
         lam = np.empty((N, nd), u.dtype)                    # adjoint lambda = dLoss/dh
         yacc = np.empty(nd, u.dtype)
+        sB = np.empty(N, u.dtype)
+        sC = np.empty(N, u.dtype)
         sv = np.empty(nd, u.dtype)                          # sigmoid(z_t) of the block
         dD_acc = np.zeros(nd)                               # float64: a sum over every time step
         dA_acc = np.zeros((N, nd))                          # float64: a sum over every time step
@@ -325,11 +324,11 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, z, has_z, ckpt, dout, dh_last, ch
                     if has_z:
                         for j in range(nd):
                             yacc[j] += cn * hcur[j]                         # y_t = C_t h_t, eq. (2b) again
-                _halving_sum(tmpB, nd)                      # sums over the block's channels
-                _halving_sum(tmpC, nd)
+                _sum_over_channels(tmpB, nd, sB)            # sums over the block's channels
+                _sum_over_channels(tmpC, nd, sC)
                 for n in range(N):
-                    dB_part[blk, b, t, n] = tmpB[n, 0]
-                    dC_part[blk, b, t, n] = tmpC[n, 0]
+                    dB_part[blk, b, t, n] = sB[n]
+                    dC_part[blk, b, t, n] = sC[n]
                 for j in range(nd):
                     du[b, t, d0 + j] = dtv[j] * du_acc[j] + Dsk[d0 + j] * gv[j]    # steps 6 and 2
                     ddt[b, t, d0 + j] = ddt_acc[j]

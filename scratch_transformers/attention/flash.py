@@ -63,8 +63,7 @@ from numba import njit, prange
 
 from ..core import validate
 from ..core.registry import Op
-
-CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+from .reference import CAUSAL_ALIGNMENTS, check_attention_args  # noqa: F401  (re-exported)
 _NO_CAUSAL = np.iinfo(np.int64).max // 4   # "allowed iff j <= i + offset" with an offset no j reaches
 
 # splitmix64 constants (Steele, Lea & Flood 2014; the generator behind Java's SplittableRandom)
@@ -627,38 +626,16 @@ def _n_workers(n_items: int) -> int:
 def _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask,
              dropout_seed, rng, block_q, block_k):
     """Validate the options shared by both forwards; return the kernel arguments."""
-    q = validate.float_array(q, "q", ndim=4)
-    b, h, n_q, d = q.shape
-    if d < 1 or n_q < 1:
-        validate.fail("q", "Nq >= 1 and head dimension d >= 1", q.shape)
-    k = validate.array(k, "k", shape=(b, h, None, d), dtype=q.dtype)
-    n_k = k.shape[2]
-    if n_k < 1:
-        validate.fail("k", "at least one key (Nk >= 1)", k.shape)
-    v = validate.array(v, "v", shape=(b, h, n_k, None), dtype=q.dtype)
-    if v.shape[3] < 1:
-        validate.fail("v", "value dimension dv >= 1", v.shape)
-    scale = float(1.0 / np.sqrt(d)) if scale is None else validate.positive(scale, "scale")
-    if not isinstance(causal, (bool, np.bool_)):
-        validate.fail("causal", "a bool", repr(causal))
-    validate.option(causal_alignment, "causal_alignment", CAUSAL_ALIGNMENTS)
+    q, k, v, scale, bias, key_padding_mask, dropout_p, dropout_mask = check_attention_args(
+        q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask)
+    n_q, n_k = q.shape[2], k.shape[2]
     block_q = validate.positive_int(block_q, "block_q")
     block_k = validate.positive_int(block_k, "block_k")
-    target = (b, h, n_q, n_k)
-    if bias is not None:
-        bias = validate.array(bias, "bias", dtype=q.dtype)
-        validate.broadcastable(bias, "bias", target)
-        if np.any(np.isnan(bias)) or np.any(bias == np.inf):
-            validate.fail("bias", "values without NaN or +inf (-inf masks)", "NaN or +inf")
     if key_padding_mask is not None:
-        key_padding_mask = validate.bool_array(key_padding_mask, "key_padding_mask", shape=(b, n_k))
         kpm = np.ascontiguousarray(key_padding_mask)
     else:
-        kpm = np.zeros((b, n_k), dtype=np.bool_)                             # never read
-    dropout_p = validate.probability(dropout_p, "dropout_p")
+        kpm = np.zeros((q.shape[0], n_k), dtype=np.bool_)                     # never read
     if dropout_mask is not None:            # an explicit keep-mask (drop-in for the reference's option)
-        dropout_mask = validate.bool_array(dropout_mask, "dropout_mask")
-        validate.broadcastable(dropout_mask, "dropout_mask", target)
         if dropout_seed is not None or rng is not None:
             validate.fail("dropout_seed", "None when an explicit dropout_mask is given", repr(dropout_seed))
         if dropout_p == 0.0:

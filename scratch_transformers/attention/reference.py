@@ -82,28 +82,33 @@ def _reduce_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
     return g.reshape(shape)
 
 
-def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
-                      key_padding_mask=None, dropout_p=0.0, dropout_mask=None):
-    """Standard attention O = dropout(softmax(mask(tau Q K^T + bias))) V   (FA-1 §2.2, App. B.3).
+class AttentionArgs(NamedTuple):
+    q: np.ndarray                       # (B, H, Nq, d) float32 | float64
+    k: np.ndarray                       # (B, H, Nk, d), q's dtype
+    v: np.ndarray                       # (B, H, Nk, dv), q's dtype
+    scale: float                        # tau
+    bias: np.ndarray | None             # broadcastable to (B, H, Nq, Nk), q's dtype
+    key_padding_mask: np.ndarray | None  # (B, Nk) bool, True = padded key
+    dropout_p: float
+    dropout_mask: np.ndarray | None     # bool, broadcastable to (B, H, Nq, Nk)
 
-    q: (B, H, Nq, d), k: (B, H, Nk, d), v: (B, H, Nk, dv), all float32 or all float64.
-    scale: tau (default 1/sqrt(d)). bias: additive, broadcastable to (B, H, Nq, Nk), applied after
-    scaling (S = tau Q K^T + bias; -inf entries allowed as extra masking). key_padding_mask: bool
-    (B, Nk), True = ignored key. dropout_mask: bool keep-mask broadcastable to (B, H, Nq, Nk),
-    applied after the softmax as P * mask / (1 - dropout_p) (FA-1 Alg. 2 line 14); the row
-    statistics (lse) come from the undropped P. dropout_p > 0 needs an explicit dropout_mask.
 
-    Returns out (B, H, Nq, dv) in the input dtype and an AttentionCache (with lse (B, H, Nq)).
-    """
+def check_attention_args(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p,
+                         dropout_mask) -> AttentionArgs:
+    """Validate the options every attention core shares (this reference and ``attention.flash``);
+    return them normalised (scale defaulted to 1/sqrt(d)). How dropout is driven (an explicit mask
+    here, a seed in flash) is each core's own check."""
     q = validate.float_array(q, "q", ndim=4)
     b, h, n_q, d = q.shape
+    if d < 1 or n_q < 1:
+        validate.fail("q", "Nq >= 1 and head dimension d >= 1", q.shape)
     k = validate.array(k, "k", shape=(b, h, None, d), dtype=q.dtype)
     n_k = k.shape[2]
     if n_k < 1:
         validate.fail("k", "at least one key (Nk >= 1)", k.shape)
     v = validate.array(v, "v", shape=(b, h, n_k, None), dtype=q.dtype)
-    if d < 1:
-        validate.fail("q", "head dimension d >= 1", q.shape)
+    if v.shape[3] < 1:
+        validate.fail("v", "value dimension dv >= 1", v.shape)
     scale = float(1.0 / np.sqrt(d)) if scale is None else validate.positive(scale, "scale")
     if not isinstance(causal, (bool, np.bool_)):
         validate.fail("causal", "a bool", repr(causal))
@@ -120,8 +125,29 @@ def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="to
     if dropout_mask is not None:
         dropout_mask = validate.bool_array(dropout_mask, "dropout_mask")
         validate.broadcastable(dropout_mask, "dropout_mask", target)
-    elif dropout_p > 0:
+    return AttentionArgs(q, k, v, scale, bias, key_padding_mask, dropout_p, dropout_mask)
+
+
+def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
+                      key_padding_mask=None, dropout_p=0.0, dropout_mask=None):
+    """Standard attention O = dropout(softmax(mask(tau Q K^T + bias))) V   (FA-1 §2.2, App. B.3).
+
+    q: (B, H, Nq, d), k: (B, H, Nk, d), v: (B, H, Nk, dv), all float32 or all float64.
+    scale: tau (default 1/sqrt(d)). bias: additive, broadcastable to (B, H, Nq, Nk), applied after
+    scaling (S = tau Q K^T + bias; -inf entries allowed as extra masking). key_padding_mask: bool
+    (B, Nk), True = ignored key. dropout_mask: bool keep-mask broadcastable to (B, H, Nq, Nk),
+    applied after the softmax as P * mask / (1 - dropout_p) (FA-1 Alg. 2 line 14); the row
+    statistics (lse) come from the undropped P. dropout_p > 0 needs an explicit dropout_mask.
+
+    Returns out (B, H, Nq, dv) in the input dtype and an AttentionCache (with lse (B, H, Nq)).
+    """
+    q, k, v, scale, bias, key_padding_mask, dropout_p, dropout_mask = check_attention_args(
+        q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask)
+    if dropout_mask is None and dropout_p > 0:
         validate.fail("dropout_mask", "an explicit boolean keep-mask when dropout_p > 0", "None")
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    target = (b, h, n_q, n_k)
 
     # S = tau Q K^T (+ bias), then S^masked = MASK(S)        (App. B.3; Alg. 2 lines 10-11)
     s = scale * (q @ k.swapaxes(-1, -2))                             # (B, H, Nq, Nk)

@@ -292,3 +292,22 @@ def test_backward_bad_inputs(rng):
         attention_backward(out.astype(np.float32), cache)
     with pytest.raises(ValueError, match="^cache: expected"):
         attention_backward(out, (q, k, v))
+
+
+def test_flash_and_reference_reject_bad_options_identically():
+    """Both cores validate through attention.reference.check_attention_args: same errors."""
+    from scratch_transformers.attention.flash import flash_attention_forward
+
+    q = np.zeros((1, 2, 3, 4))
+    bad = [dict(k=np.zeros((1, 2, 3, 5))), dict(causal_alignment="middle"), dict(causal=1),
+           dict(bias=np.zeros((2, 2))), dict(key_padding_mask=np.zeros((1, 3))), dict(scale=-1.0),
+           dict(v=np.zeros((1, 2, 3, 0)))]
+    for kw in bad:
+        args = dict(q=q, k=np.zeros((1, 2, 3, 4)), v=np.zeros((1, 2, 3, 4)))
+        args.update(kw)
+        msgs = []
+        for fn in (attention_forward, flash_attention_forward):
+            with pytest.raises(ValueError) as exc:
+                fn(**args)
+            msgs.append(str(exc.value))
+        assert msgs[0] == msgs[1], (kw, msgs)

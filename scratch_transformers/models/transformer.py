@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..attention.flash import flash_dropout_mask
 from ..attention.multihead import (CORES, KVCache, _add_grads, _project_backward, _project_forward, init_mha,
                                    mha_backward, mha_forward)
 from ..core import validate
@@ -275,8 +276,15 @@ def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, 
         a, c_ln1 = layer_norm_forward(h, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
         core_options = None
         if p_drop > 0:                                                         # attention-probability dropout
-            keep = rng.random((B, config.n_heads, T, n_keys)) >= p_drop
-            core_options = {"dropout_p": p_drop, "dropout_mask": keep}
+            # One counter-based keep-mask per layer and step, named by a seed: the flash kernel
+            # regenerates it tile by tile (nothing N x N is stored), the reference gets the same
+            # mask materialised, so both cores compute the same function.
+            seed = int(rng.integers(0, 2 ** 63))
+            if config.attention == "flash":
+                core_options = {"dropout_p": p_drop, "dropout_seed": seed}
+            else:
+                keep = flash_dropout_mask(seed, (B, config.n_heads, T, n_keys), p_drop)
+                core_options = {"dropout_p": p_drop, "dropout_mask": keep}
         y, c_attn = mha_forward(a, params, prefix=p + "attn", n_heads=config.n_heads, core=config.attention,
                                 causal=True, attn_bias=pos.attn_bias, rope=pos.rope,
                                 kv_cache=None if kv_cache is None else kv_cache[i], linears=linears,

@@ -16,32 +16,10 @@ Memory: the reference at N = 8192 needs 1 GiB per (B, H, N, N) float32 array and
 from __future__ import annotations
 
 import argparse
-import time
-import tracemalloc
 
 import numpy as np
 
-
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def _peak_extra_bytes(fn):
-    """Peak traced allocation during fn, minus what was allocated before (inputs)."""
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-    del result
-    return peak
+from scratch_transformers.core.measure import median_seconds, traced_peak
 
 
 def matmul_peak_gflops(repeats: int = 5, n: int = 2048) -> float:
@@ -49,7 +27,7 @@ def matmul_peak_gflops(repeats: int = 5, n: int = 2048) -> float:
     a = rng.standard_normal((n, n)).astype(np.float32)
     b = rng.standard_normal((n, n)).astype(np.float32)
     a @ b
-    return 2 * n ** 3 / _median_time(lambda: a @ b, repeats) / 1e9
+    return 2 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def run(ns, repeats=3, causal_modes=(False, True), block_q=64, block_k=128, b=1, h=4, d=64, rng=None, verbose=True):
@@ -87,14 +65,14 @@ def run(ns, repeats=3, causal_modes=(False, True), block_q=64, block_k=128, b=1,
             err = float(np.max(np.abs(out_f - out_r)))
             del out_f, out_r
             row = dict(n=n, causal=causal, err=err)
-            row["flash_fwd_s"] = _median_time(flash_fwd, repeats)
-            row["ref_fwd_s"] = _median_time(ref_fwd, repeats)
-            row["flash_fb_s"] = _median_time(flash_fwd_bwd, repeats)
-            row["ref_fb_s"] = _median_time(ref_fwd_bwd, repeats)
-            row["flash_fwd_mem"] = _peak_extra_bytes(flash_fwd)
-            row["ref_fwd_mem"] = _peak_extra_bytes(ref_fwd)
-            row["flash_fb_mem"] = _peak_extra_bytes(flash_fwd_bwd)
-            row["ref_fb_mem"] = _peak_extra_bytes(ref_fwd_bwd)
+            row["flash_fwd_s"] = median_seconds(flash_fwd, repeats)
+            row["ref_fwd_s"] = median_seconds(ref_fwd, repeats)
+            row["flash_fb_s"] = median_seconds(flash_fwd_bwd, repeats)
+            row["ref_fb_s"] = median_seconds(ref_fwd_bwd, repeats)
+            row["flash_fwd_mem"] = traced_peak(flash_fwd)[0]
+            row["ref_fwd_mem"] = traced_peak(ref_fwd)[0]
+            row["flash_fb_mem"] = traced_peak(flash_fwd_bwd)[0]
+            row["ref_fb_mem"] = traced_peak(ref_fwd_bwd)[0]
             flops = 4 * b * h * n * n * d * (0.5 if causal else 1.0)
             row["flash_fwd_gflops"] = flops / row["flash_fwd_s"] / 1e9
             row["ref_fwd_gflops"] = flops / row["ref_fwd_s"] / 1e9

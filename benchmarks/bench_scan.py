@@ -14,12 +14,11 @@ call returns (numba's per-thread scratch is added analytically).
 from __future__ import annotations
 
 import argparse
-import time
-import tracemalloc
 
 import numpy as np
 from numba import get_num_threads
 
+from scratch_transformers.core.measure import median_seconds, traced_peak
 from scratch_transformers.mamba.scan import CHANNEL_BLOCK, selective_scan_backward, selective_scan_forward
 
 
@@ -86,22 +85,9 @@ def _inputs(rng, nb, L, Dd, N, dtype):
                 B=f(nb, L, N), C=f(nb, L, N), D=f(Dd), z=f(nb, L, Dd), delta_bias=f(Dd) * dtype(0.3) - dtype(2))
 
 
-def _median_time(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-
-
 def _peak(fn):
     """(peak traced bytes during fn(), bytes of the arrays it returns): their difference is the extra memory."""
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    out, grads = fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    peak, (out, grads) = traced_peak(fn)
     returned = out.nbytes + sum(g.nbytes for g in grads if g is not None)
     return peak, returned
 
@@ -136,10 +122,10 @@ def run(lengths=(256, 1024, 4096), batch=1, d=256, n=16, repeats=3, seed=0, chun
         err = max(float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
                   for a, b in zip((o1,) + tuple(g1[:6]) + (g1[6], g1[7]), (o2,) + tuple(g2)))
         row = dict(L=L, err=err)
-        row["np_f"] = _median_time(np_f, repeats)
-        row["ours_f"] = _median_time(ours_f, repeats)
-        row["np_fb"] = _median_time(np_fb, repeats)
-        row["ours_fb"] = _median_time(ours_fb, repeats)
+        row["np_f"] = median_seconds(np_f, repeats)
+        row["ours_f"] = median_seconds(ours_f, repeats)
+        row["np_fb"] = median_seconds(np_fb, repeats)
+        row["ours_fb"] = median_seconds(ours_fb, repeats)
         np_peak, np_ret = _peak(np_fb)
         ours_peak, ours_ret = _peak(ours_fb)
         row["np_mem"], row["ours_mem"] = np_peak, ours_peak + scratch

@@ -16,8 +16,6 @@ Three measurements (FA-1 Theorem 1, Table 21 and Theorem 2 / Fig. 2; FA-2 §3.1.
 from __future__ import annotations
 
 import os
-import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from ..attention.flash import (flash_attention_backward, flash_attention_fa1_for
                                flash_dropout_mask)
 from ..attention.reference import attention_backward, attention_forward
 from ..core import validate
+from ..core.measure import median_seconds, traced_peak
 from .common import ExperimentResult, markdown_table, savefig
 
 NAME = "flash"
@@ -86,20 +85,9 @@ def exactness_rows(rng):
 
 
 def _time_and_memory(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        res = fn()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-    del res
-    return float(np.median(times)), peak
+    """Median seconds over ``repeats`` calls, then the peak extra traced bytes of one more call."""
+    seconds = median_seconds(fn, repeats)
+    return seconds, traced_peak(fn)[0]
 
 
 def scaling_rows(rng, ns, repeats):

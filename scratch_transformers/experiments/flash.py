@@ -137,7 +137,8 @@ def run(size="quick", rng=None, out_dir=Path("out")) -> ExperimentResult:
     # 1. exactness
     ex = exactness_rows(rng)
     ex_table = markdown_table(["configuration (float64)", "out FA-2", "out FA-1 Alg. 1", "lse", "dq", "dk", "dv",
-                               "dbias"], [[r[0]] + [f"{x:.1e}" for x in r[1:]] for r in ex])
+                               "dbias"], [[r[0]] + [f"{x:.1e}" if np.isfinite(x) else "— (no bias)" for x in r[1:]]
+                                          for r in ex])
     worst = max(x for r in ex for x in r[1:] if np.isfinite(x))
 
     # 2. time and memory vs N

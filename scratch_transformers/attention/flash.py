@@ -682,7 +682,7 @@ def _dropout_args(dtype, dropout_p, dropout_seed, dropout_mask):
 
 def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
                             key_padding_mask=None, dropout_p=0.0, dropout_seed=None, rng=None,
-                            block_q=64, block_k=128, dropout_mask=None):
+                            block_q=64, block_k=512, dropout_mask=None):
     """FlashAttention forward in the FA-2 loop order (FA-2 Algorithm 1 + FA-1 Algorithm 2's extras).
 
     O = dropout(softmax(MASK(tau Q K^T + bias))) V, computed tile by tile with the online softmax
@@ -695,7 +695,9 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     bias (broadcastable to (B, H, Nq, Nk), same dtype), key_padding_mask ((B, Nk) bool, True =
     padded): as ``attention.reference.attention_forward``. dropout_p with dropout_seed (int; or
     rng, from which a seed is drawn): counter-based dropout, see the module docstring.
-    block_q, block_k: B_r and B_c, any positive ints (N need not be a multiple); default 64 x 128.
+    block_q, block_k: B_r and B_c, any positive ints (N need not be a multiple); default 64 x 512
+    (float32, d = 64, N = 8192 on 2 cores: forward ~13% and forward+backward ~8% faster than 64 x 128;
+    the backward reuses the forward's blocks. Per-worker tiles stay O(B_r B_c + B_c d)).
     dropout_mask: optional explicit boolean keep-mask broadcastable to (B, H, Nq, Nk), used instead of
     the generator (a drop-in for the reference's option; it is an N x N input the caller made).
 
@@ -723,7 +725,7 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
 
 def flash_attention_fa1_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
                                 key_padding_mask=None, dropout_p=0.0, dropout_seed=None, rng=None,
-                                block_q=64, block_k=128, dropout_mask=None):
+                                block_q=64, block_k=512, dropout_mask=None):
     """FA-1 Algorithm 1 as printed (outer loop over K_j, V_j; inner over Q_i), with Algorithm 2's
     scale, mask and dropout. Every inner step reads O_i, l_i, m_i from "HBM" (the output arrays),
     updates them (line 12, normalised each time) and writes them back (line 13).

@@ -1,7 +1,7 @@
 """Benchmark: FlashAttention (numba tiles) vs the materialised NumPy reference, measured in one run.
 
     python -m scratch_transformers bench attention [--n 512 1024 2048 4096 8192] [--repeats 3]
-                                                   [--causal both|yes|no] [--block-q 64] [--block-k 128]
+                                                   [--causal both|yes|no] [--block-q B_r] [--block-k B_c]  (default: the library's)
 
 float32, B = 1, H = 4, d = 64. For each N and mask: median wall time of forward and of
 forward+backward over ``repeats`` runs after a compiling warm-up, for
@@ -30,13 +30,13 @@ def matmul_peak_gflops(repeats: int = 5, n: int = 2048) -> float:
     return 2 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
 
-def run(ns, repeats=3, causal_modes=(False, True), block_q=64, block_k=128, b=1, h=4, d=64, rng=None, verbose=True):
+def run(ns, repeats=3, causal_modes=(False, True), block_q=None, block_k=None, b=1, h=4, d=64, rng=None, verbose=True):
     """Measure every (N, causal) pair; returns a list of dicts (also printed as it goes)."""
     from scratch_transformers.attention.flash import flash_attention_backward, flash_attention_forward
     from scratch_transformers.attention.reference import attention_backward, attention_forward
 
     rng = np.random.default_rng(0) if rng is None else rng
-    opts = dict(block_q=block_q, block_k=block_k)
+    opts = {k: v for k, v in dict(block_q=block_q, block_k=block_k).items() if v is not None}  # None: library default
     # compiling warm-up (both dtypes' kernels are cached on disk after the first run)
     for causal in causal_modes:
         q = rng.standard_normal((b, h, 70, d)).astype(np.float32)
@@ -101,12 +101,21 @@ def main(argv=None):
     parser.add_argument("--n", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--causal", choices=("both", "yes", "no"), default="both")
-    parser.add_argument("--block-q", type=int, default=64)
-    parser.add_argument("--block-k", type=int, default=128)
+    parser.add_argument("--block-q", type=int, default=None, help="B_r (default: flash_attention_forward's)")
+    parser.add_argument("--block-k", type=int, default=None, help="B_c (default: flash_attention_forward's)")
     args = parser.parse_args(argv)
     modes = {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]
+    import inspect
+
     import numba
 
+    from scratch_transformers.attention.flash import flash_attention_forward
+
+    defaults = inspect.signature(flash_attention_forward).parameters
+    if args.block_q is None:
+        args.block_q = defaults["block_q"].default
+    if args.block_k is None:
+        args.block_k = defaults["block_k"].default
     peak = matmul_peak_gflops()
     print(f"float32, B=1, H=4, d=64, blocks {args.block_q}x{args.block_k}, numba threads {numba.get_num_threads()}, "
           f"median of {args.repeats} after warm-up")

@@ -63,7 +63,7 @@ from numba import njit, prange
 
 from ..core import validate
 from ..core.registry import Op
-from .reference import CAUSAL_ALIGNMENTS, check_attention_args  # noqa: F401  (re-exported)
+from .reference import check_attention_args
 _NO_CAUSAL = np.iinfo(np.int64).max // 4   # "allowed iff j <= i + offset" with an offset no j reaches
 
 # splitmix64 constants (Steele, Lea & Flood 2014; the generator behind Java's SplittableRandom)

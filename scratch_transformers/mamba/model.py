@@ -22,7 +22,7 @@ import numpy as np
 from ..core import validate
 from ..core.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward, embedding_forward,
                            linear_backward, linear_forward, rms_norm_backward, rms_norm_forward)
-from .block import (MambaBlockState, init_mamba_block, mamba_block_backward, mamba_block_final_state,
+from .block import (init_mamba_block, mamba_block_backward, mamba_block_final_state,
                     mamba_block_forward, mamba_block_step, new_mamba_block_state)
 
 

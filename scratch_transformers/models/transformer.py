@@ -27,7 +27,6 @@ uses it and its logits equal the full forward's.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -91,7 +90,7 @@ class TransformerConfig:
             validate.fail("tie_embeddings", "a bool", repr(self.tie_embeddings))
         validate.positive(self.ln_eps, "ln_eps")
         if self.positions == "rope" and self.head_dim % 2:
-            validate.fail("d_model", f"an even head dimension d_model / n_heads for rope", self.head_dim)
+            validate.fail("d_model", "an even head dimension d_model / n_heads for rope", self.head_dim)
         if self.positions == "sinusoidal" and self.d_model % 2:
             validate.fail("d_model", "an even integer for sinusoidal positions", self.d_model)
 

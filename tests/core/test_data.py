@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scratch_transformers.core.data import (
-    IGNORE, STDLIB_FILES, TaskData, copy_task, induction_task, load_stdlib_corpus, masked_accuracy,
+    IGNORE, STDLIB_FILES, copy_task, induction_task, load_stdlib_corpus, masked_accuracy,
     random_windows, selective_copy_task, split_task, unigram_entropy,
 )
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core import data, optim, train, validate
-from ..core.layers import cross_entropy_forward
 from ..models import transformer as tf
-from .common import ExperimentResult, markdown_table, savefig
+from .common import ExperimentResult, markdown_table, mean_loss, savefig
 
 NAME = "baseline"
 TITLE = "Baseline transformer: copying and byte-level LM on the stdlib corpus"
@@ -34,20 +33,6 @@ def token_accuracy(params, config, inputs, targets) -> float:
     logits, _ = tf.forward(params, config, inputs)
     mask = targets != -100
     return float(np.mean(np.argmax(logits, axis=-1)[mask] == targets[mask]))
-
-
-def mean_loss(params, config, inputs, targets, batch=64) -> float:
-    """Mean cross-entropy (nats per scored token) over a fixed evaluation set, in batches."""
-    total, count = 0.0, 0
-    for s in range(0, len(inputs), batch):
-        logits, _ = tf.forward(params, config, inputs[s:s + batch])
-        t = targets[s:s + batch]
-        n = int(np.sum(t != -100))
-        if n:
-            loss, _ = cross_entropy_forward(logits, t, reduction="sum")
-            total += loss
-            count += n
-    return total / max(count, 1)
 
 
 def train_copy(cfg, rng, progress=True):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
@@ -43,6 +44,25 @@ def savefig(fig, out_dir, filename: str) -> Path:
             os.remove(tmp)
         plt.close(fig)
     return path
+
+
+def mean_loss(params, config, inputs, targets, *, linears=None, batch=64) -> float:
+    """Mean next-token cross-entropy (nats per scored token, targets != -100) of a transformer
+    (``models.transformer``) over a fixed evaluation set, evaluated ``batch`` rows at a time.
+    linears: the model's projection overrides (e.g. LoRA adapters)."""
+    from ..core.layers import cross_entropy_forward
+    from ..models import transformer as tf
+
+    total, count = 0.0, 0
+    for s in range(0, len(inputs), batch):
+        logits, _ = tf.forward(params, config, inputs[s:s + batch], linears=linears)
+        t = targets[s:s + batch]
+        n = int(np.sum(t != -100))
+        if n:
+            loss, _ = cross_entropy_forward(logits, t, reduction="sum")
+            total += loss
+            count += n
+    return total / max(count, 1)
 
 
 def _cell(x) -> str:

@@ -31,14 +31,14 @@ import numpy as np
 
 from .. import lora
 from ..core import data, optim, train, validate
-from ..core.layers import cross_entropy_forward
 from ..models import transformer as tf
-from .common import ExperimentResult, markdown_table, savefig
+from .common import ExperimentResult, markdown_table, mean_loss, savefig
 
 NAME = "lora"
 TITLE = "LoRA: adapting a code LM to documentation prose, rank sweep vs full and head-only fine-tuning"
 
 RANKS = (1, 2, 4, 8, 16, 64)
+EVAL_BATCH = 32                      # validation windows per forward in mean_loss
 ALL_LINEAR = ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.w1", "mlp.w2")
 SIZES = {
     # ctx x batch bytes per step; pretraining and adaptation steps; validation windows; ranks also run with rsLoRA
@@ -77,17 +77,6 @@ def load_prose(val_fraction: float = 0.1):
     arr = np.frombuffer(blob, dtype=np.uint8)
     n_val = int(len(arr) * val_fraction)
     return arr[:-n_val].copy(), arr[-n_val:].copy()
-
-
-def mean_loss(params, config, inputs, targets, linears=None, batch=32) -> float:
-    """Mean cross-entropy (nats per byte) of a fixed evaluation set."""
-    total, count = 0.0, 0
-    for s in range(0, len(inputs), batch):
-        logits, _ = tf.forward(params, config, inputs[s:s + batch], linears=linears)
-        loss, _ = cross_entropy_forward(logits, targets[s:s + batch], reduction="sum")
-        total += loss
-        count += targets[s:s + batch].size
-    return total / count
 
 
 def head_keys(params: dict) -> list[str]:
@@ -142,8 +131,8 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     _fit(base, {}, config, lambda r, step: data.random_windows(code.train, r, bs, ctx), steps, LR["pretrain"], rng, desc="lora: pretrain on code", progress=progress)
     code_vx, code_vy = data.random_windows(code.val, np.random.default_rng(7), cfg["n_val"], ctx)
     val_x, val_y = data.random_windows(prose_val, np.random.default_rng(8), cfg["n_val"], ctx)
-    base_code_loss = mean_loss(base, config, code_vx, code_vy)
-    base_prose_loss = mean_loss(base, config, val_x, val_y)
+    base_code_loss = mean_loss(base, config, code_vx, code_vy, batch=EVAL_BATCH)
+    base_prose_loss = mean_loss(base, config, val_x, val_y, batch=EVAL_BATCH)
 
     # 2. adapt to prose: every method sees the same batches ----------------------------------------
     n_steps = cfg["adapt_steps"]
@@ -171,8 +160,8 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         hist = _fit(adapters, base, config, same_batches, n_steps, LR["lora"], rng, linears,
                     desc=f"lora: {kind} r={r}", progress=progress)
         label = {"lora": "LoRA", "rslora": "rsLoRA", "all": "LoRA all-linear"}[kind] + f" r={r}"
-        record(label, lora.n_params(adapters), hist, mean_loss({**base, **adapters}, config, val_x, val_y, linears),
-               time.perf_counter() - t0)
+        val = mean_loss({**base, **adapters}, config, val_x, val_y, linears=linears, batch=EVAL_BATCH)
+        record(label, lora.n_params(adapters), hist, val, time.perf_counter() - t0)
         if kind == "lora":
             adapters_by_r[r] = (lcfg, adapters, linears, initial)
 
@@ -180,8 +169,8 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         trainable = {k: base[k].copy() for k in keys}
         t0 = time.perf_counter()
         hist = _fit(trainable, base, config, same_batches, n_steps, lr, rng, desc=f"lora: {label}", progress=progress)
-        record(label, lora.n_params(trainable), hist, mean_loss({**base, **trainable}, config, val_x, val_y),
-               time.perf_counter() - t0)
+        val = mean_loss({**base, **trainable}, config, val_x, val_y, batch=EVAL_BATCH)
+        record(label, lora.n_params(trainable), hist, val, time.perf_counter() - t0)
 
     # 3. merge check, file sizes -------------------------------------------------------------------
     lcfg8, ad8, lin8, _ = adapters_by_r[8]

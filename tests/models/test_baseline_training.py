@@ -6,6 +6,7 @@ import pytest
 
 from scratch_transformers.core import data, optim, train
 from scratch_transformers.experiments import baseline
+from scratch_transformers.experiments.common import mean_loss
 from scratch_transformers.models import transformer as tf
 
 
@@ -79,6 +80,6 @@ def test_corpus_loss_falls_well_below_unigram_entropy():
                 lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=3e-3, warmup_steps=25, total_steps=steps),
                 clip_norm=1.0, progress=False)
     vx, vy = data.random_windows(corpus.val, np.random.default_rng(1), 64, 64)
-    val = baseline.mean_loss(params, config, vx, vy)
+    val = mean_loss(params, config, vx, vy)
     h = data.unigram_entropy(corpus.train)
     assert val < h - 0.5, f"val loss {val:.3f} nats/byte vs unigram entropy {h:.3f}"

@@ -6,7 +6,8 @@
 float32, B = 1, H = 4, d = 64. For each N and mask: median wall time of forward and of
 forward+backward over ``repeats`` runs after a compiling warm-up, for
 ``attention.flash`` and ``attention.reference`` (the plain-NumPy baseline: BLAS matmuls on the
-materialised (B, H, N, N) scores); the time ratio reference / flash; the peak extra memory of the
+materialised (B, H, N, N) scores); the time ratio reference / flash (median of the per-round ratios: the machine's speed drifts, and a
+ratio of two calls from the same round compares them under the same conditions); the peak extra memory of the
 forward and of forward+backward via tracemalloc (numba's allocations are traced too) and its
 ratio; the achieved forward GFLOP/s (4 B H N^2 d, halved when causal) next to this machine's
 float32 matmul peak measured at the start (a 2048^3 NumPy matmul).
@@ -19,7 +20,7 @@ import argparse
 
 import numpy as np
 
-from scratch_transformers.core.measure import median_seconds, traced_peak
+from scratch_transformers.core.measure import interleaved_seconds, median_ratio, median_seconds, traced_peak
 
 
 def matmul_peak_gflops(repeats: int = 5, n: int = 2048) -> float:
@@ -65,10 +66,13 @@ def run(ns, repeats=3, causal_modes=(False, True), block_q=None, block_k=None, b
             err = float(np.max(np.abs(out_f - out_r)))
             del out_f, out_r
             row = dict(n=n, causal=causal, err=err)
-            row["flash_fwd_s"] = median_seconds(flash_fwd, repeats)
-            row["ref_fwd_s"] = median_seconds(ref_fwd, repeats)
-            row["flash_fb_s"] = median_seconds(flash_fwd_bwd, repeats)
-            row["ref_fb_s"] = median_seconds(ref_fwd_bwd, repeats)
+            # flash and reference in turn within each round; speed-up = median of per-round ratios
+            t = interleaved_seconds({"flash_fwd": flash_fwd, "ref_fwd": ref_fwd}, repeats)
+            t.update(interleaved_seconds({"flash_fb": flash_fwd_bwd, "ref_fb": ref_fwd_bwd}, repeats))
+            for name, times in t.items():
+                row[name + "_s"] = float(np.median(times))
+            row["fwd_speedup"] = median_ratio(t["ref_fwd"], t["flash_fwd"])
+            row["fb_speedup"] = median_ratio(t["ref_fb"], t["flash_fb"])
             row["flash_fwd_mem"] = traced_peak(flash_fwd)[0]
             row["ref_fwd_mem"] = traced_peak(ref_fwd)[0]
             row["flash_fb_mem"] = traced_peak(flash_fwd_bwd)[0]
@@ -90,8 +94,8 @@ HEADER = ("| N | causal | fwd flash ms | fwd ref ms | fwd speed-up | fwd+bwd fla
 def format_row(r):
     mb = 1024 * 1024
     return (f"| {r['n']} | {'yes' if r['causal'] else 'no'} | {1e3 * r['flash_fwd_s']:.1f} | {1e3 * r['ref_fwd_s']:.1f} | "
-            f"{r['ref_fwd_s'] / r['flash_fwd_s']:.2f}x | {1e3 * r['flash_fb_s']:.1f} | {1e3 * r['ref_fb_s']:.1f} | "
-            f"{r['ref_fb_s'] / r['flash_fb_s']:.2f}x | {r['flash_fwd_mem'] / mb:.2f} | {r['ref_fwd_mem'] / mb:.1f} | "
+            f"{r['fwd_speedup']:.2f}x | {1e3 * r['flash_fb_s']:.1f} | {1e3 * r['ref_fb_s']:.1f} | "
+            f"{r['fb_speedup']:.2f}x | {r['flash_fwd_mem'] / mb:.2f} | {r['ref_fwd_mem'] / mb:.1f} | "
             f"{r['ref_fwd_mem'] / max(r['flash_fwd_mem'], 1):.0f}x | {r['ref_fb_mem'] / max(r['flash_fb_mem'], 1):.0f}x | "
             f"{r['flash_fwd_gflops']:.1f} | {r['ref_fwd_gflops']:.1f} | {r['err']:.1e} |")
 
@@ -118,7 +122,7 @@ def main(argv=None):
         args.block_k = defaults["block_k"].default
     peak = matmul_peak_gflops()
     print(f"float32, B=1, H=4, d=64, blocks {args.block_q}x{args.block_k}, numba threads {numba.get_num_threads()}, "
-          f"median of {args.repeats} after warm-up")
+          f"median of {args.repeats} interleaved rounds after warm-up")
     import os
 
     print(f"machine float32 matmul peak (NumPy 2048^3): {peak:.1f} GFLOP/s; load average at start "

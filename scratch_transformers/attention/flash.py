@@ -139,14 +139,16 @@ def flash_dropout_mask(seed, shape, dropout_p):
 # so every load/store of the output row carries 4 multiply-adds instead of 1.
 
 @njit(cache=True)
-def _mm_abt(a, bt, rows, cols, inner, out):
-    """out[:rows, :cols] = a[:rows, :inner] @ bt[:inner, :cols]   (e.g. S = (tau Q_i) K_j^T with bt = K_j^T).
+def _mm_abt(a, bt, rows, cols, inner, out, accumulate):
+    """out[:rows, :cols] (+)= a[:rows, :inner] @ bt[:inner, :cols]   (e.g. S = (tau Q_i) K_j^T with bt = K_j^T);
+    "+=" if accumulate (e.g. dK_j^T += (tau Q_i)^T dS with a = the transposed view of Q_i's tile).
 
     Two output rows at a time share every load of bt; 4 terms of the inner index per pass."""
     for r in range(0, rows - 1, 2):
-        for c in range(cols):
-            out[r, c] = 0.0
-            out[r + 1, c] = 0.0
+        if not accumulate:
+            for c in range(cols):
+                out[r, c] = 0.0
+                out[r + 1, c] = 0.0
         t = 0
         while t + 4 <= inner:
             a0, a1, a2, a3 = a[r, t], a[r, t + 1], a[r, t + 2], a[r, t + 3]
@@ -164,8 +166,9 @@ def _mm_abt(a, bt, rows, cols, inner, out):
             t += 1
     if rows % 2 == 1:                                       # the last odd row
         r = rows - 1
-        for c in range(cols):
-            out[r, c] = 0.0
+        if not accumulate:
+            for c in range(cols):
+                out[r, c] = 0.0
         t = 0
         while t + 4 <= inner:
             a0, a1, a2, a3 = a[r, t], a[r, t + 1], a[r, t + 2], a[r, t + 3]
@@ -211,40 +214,6 @@ def _mm_acc_ab(p, b, rows, inner, cols, out):
             for t in range(cols):
                 out[r, t] += p0 * b[c, t]
             c += 1
-
-
-@njit(cache=True)
-def _mm_acc_atb(p, b, inner, rows, cols, out):
-    """out[:rows, :cols] += p[:inner, :rows]^T @ b[:inner, :cols]   (dV_j += P^T dO_i, dK_j += dS^T Q_i)."""
-    for c in range(0, rows - 1, 2):                         # pairs of output rows share the loads of b
-        r = 0
-        while r + 4 <= inner:
-            p0, p1, p2, p3 = p[r, c], p[r + 1, c], p[r + 2, c], p[r + 3, c]
-            q0, q1, q2, q3 = p[r, c + 1], p[r + 1, c + 1], p[r + 2, c + 1], p[r + 3, c + 1]
-            for t in range(cols):
-                b0, b1, b2, b3 = b[r, t], b[r + 1, t], b[r + 2, t], b[r + 3, t]
-                out[c, t] += p0 * b0 + p1 * b1 + p2 * b2 + p3 * b3
-                out[c + 1, t] += q0 * b0 + q1 * b1 + q2 * b2 + q3 * b3
-            r += 4
-        while r < inner:
-            p0, q0 = p[r, c], p[r, c + 1]
-            for t in range(cols):
-                out[c, t] += p0 * b[r, t]
-                out[c + 1, t] += q0 * b[r, t]
-            r += 1
-    if rows % 2 == 1:                                       # the last odd output row
-        c = rows - 1
-        r = 0
-        while r + 4 <= inner:
-            p0, p1, p2, p3 = p[r, c], p[r + 1, c], p[r + 2, c], p[r + 3, c]
-            for t in range(cols):
-                out[c, t] += p0 * b[r, t] + p1 * b[r + 1, t] + p2 * b[r + 2, t] + p3 * b[r + 3, t]
-            r += 4
-        while r < inner:
-            p0 = p[r, c]
-            for t in range(cols):
-                out[c, t] += p0 * b[r, t]
-            r += 1
 
 
 @njit(cache=True)
@@ -406,7 +375,7 @@ def _fa2_forward_kernel(q, kt, v, scale, offset, bias, bst, has_bias, kpm, has_k
                 for c in range(bc):                              # ... and V_j
                     for t in range(d_v):
                         v_t[c, t] = v[b, h, c0 + c, t]
-                _mm_abt(q_t, kt_t, br, bc, d, s)                 # line 8: S = tau Q_i K_j^T
+                _mm_abt(q_t, kt_t, br, bc, d, s, False)          # line 8: S = tau Q_i K_j^T
                 _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
                            c0 + bc - 1 > r0 + offset)            # only diagonal tiles need the mask
                 for r in range(br):
@@ -475,7 +444,7 @@ def _fa1_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
                 for r in range(br):                              # line 8: load Q_i (l_i, m_i, O_i below)
                     for t in range(d):
                         q_t[r, t] = q[b, h, r0 + r, t] * scale
-                _mm_abt(q_t, kt_t, br, bc, d, s)                 # line 9: S_ij = tau Q_i K_j^T
+                _mm_abt(q_t, kt_t, br, bc, d, s, False)          # line 9: S_ij = tau Q_i K_j^T
                 _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
                            c0 + bc - 1 > r0 + offset)            # Alg. 2 line 11: MASK
                 for r in range(br):
@@ -525,8 +494,8 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
         k_t = np.empty((block_k, d), q.dtype)
         kt_t = np.empty((d, block_k), q.dtype)
         vt_t = np.empty((d_v, block_k), q.dtype)
-        dk_t = np.empty((block_k, d), q.dtype)
-        dv_t = np.empty((block_k, d_v), q.dtype)
+        dkt_t = np.empty((d, block_k), q.dtype)                 # dK_j^T, dV_j^T: kept transposed so that
+        dvt_t = np.empty((d_v, block_k), q.dtype)               # their updates run along the long B_c axis
         p = np.empty((block_q, block_k), q.dtype)               # S, then P
         p_drop = np.empty((block_q, block_k), q.dtype) if has_dropout else p   # P o Z
         ds = np.empty((block_q, block_k), q.dtype)              # dP, then dS
@@ -543,10 +512,10 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
                     for t in range(d):
                         k_t[c, t] = k[b, h, c0 + c, t]
                         kt_t[t, c] = k[b, h, c0 + c, t]
-                        dk_t[c, t] = 0.0                        # line 7: dK_j = dV_j = 0 on chip
+                        dkt_t[t, c] = 0.0                       # line 7: dK_j = dV_j = 0 on chip
                     for t in range(d_v):
                         vt_t[t, c] = v[b, h, c0 + c, t]
-                        dv_t[c, t] = 0.0
+                        dvt_t[t, c] = 0.0
                 first_row = max(0, c0 - offset)                 # causal: query blocks above skipped
                 for r0 in range((first_row // block_q) * block_q, n_q, block_q):   # line 8: for i
                     br = min(block_q, n_q - r0)
@@ -556,10 +525,10 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
                             dq_t[r, t] = 0.0
                         for t in range(d_v):
                             do_t[r, t] = dout[b, h, r0 + r, t]
-                    _mm_abt(q_t, kt_t, br, bc, d, p)            # line 10: S = tau Q_i K_j^T
+                    _mm_abt(q_t, kt_t, br, bc, d, p, False)     # line 10: S = tau Q_i K_j^T
                     _mask_tile(p, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
                                c0 + bc - 1 > r0 + offset)
-                    _mm_abt(do_t, vt_t, br, bc, d_v, ds)        # line 13: dP = dO_i V_j^T
+                    _mm_abt(do_t, vt_t, br, bc, d_v, ds, False)  # line 13: dP = dO_i V_j^T
                     for r in range(br):
                         i = r0 + r
                         L = lse[b, h, i]
@@ -586,17 +555,17 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
                             row = b * bst[0] + h * bst[1] + i * bst[2]
                             for c in range(bc):
                                 dbias[wb, row + (c0 + c) * bst[3]] += ds[r, c]
-                    _mm_acc_atb(p_drop, do_t, br, bc, d_v, dv_t)   # line 12: dV_j += (P o Z)^T dO_i
-                    _mm_acc_atb(ds, q_t, br, bc, d, dk_t)       # line 16: dK_j += dS^T (tau Q_i)
+                    _mm_abt(do_t.T, p_drop, d_v, bc, br, dvt_t, True)   # line 12: dV_j^T += dO_i^T (P o Z)
+                    _mm_abt(q_t.T, ds, d, bc, br, dkt_t, True)  # line 16: dK_j^T += (tau Q_i)^T dS
                     _mm_acc_ab(ds, k_t, br, bc, d, dq_t)        # line 15: dQ_i += tau dS K_j ...
                     for r in range(br):                         # ... read-modify-write in HBM
                         for t in range(d):
                             dq[b, h, r0 + r, t] += scale * dq_t[r, t]
                 for c in range(bc):                             # line 18: write dK_j, dV_j
                     for t in range(d):
-                        dk[b, h, c0 + c, t] = dk_t[c, t]
+                        dk[b, h, c0 + c, t] = dkt_t[t, c]
                     for t in range(d_v):
-                        dv[b, h, c0 + c, t] = dv_t[c, t]
+                        dv[b, h, c0 + c, t] = dvt_t[t, c]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def _peak(fn):
     return peak, returned
 
 
-def run(lengths=(256, 1024, 4096), batch=1, d=256, n=16, repeats=3, seed=0, chunk=64):
+def run(lengths=(256, 1024, 4096), batch=1, d=256, n=16, repeats=3, seed=0, chunk=None):
     rng = np.random.default_rng(seed)
     rows = []
     for L in lengths:

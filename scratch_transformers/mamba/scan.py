@@ -37,11 +37,11 @@ import types
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from ..core import validate
 
-CHANNEL_BLOCK = 64  # channels per work item; fixed so that results do not depend on the thread count
+CHANNEL_BLOCK = 32  # channels per work item; fixed so that results do not depend on the thread count
 
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01    # ln 2 split in two so that k * _LN2_HI is exact for |k| < 2^11
@@ -60,6 +60,14 @@ _C4 = np.float32(0.041666666666666664)
 _C5 = np.float32(0.008333333333333333)
 _C6 = np.float32(0.001388888888888889)
 _C7 = np.float32(0.0001984126984126984)
+_TWO_F = np.float32(2.0)
+_S1 = np.float32(1.0 / 3)
+_S2 = np.float32(1.0 / 5)
+_S3 = np.float32(1.0 / 7)
+_S4 = np.float32(1.0 / 9)
+_S5 = np.float32(1.0 / 11)
+_S6 = np.float32(1.0 / 13)
+_S7 = np.float32(1.0 / 15)
 
 
 @njit(cache=True)
@@ -135,8 +143,57 @@ def _exp_buffer(x, bits64, bits32):
         _exp_inplace_f32(x, bits32[:x.size])
 
 
+@njit(cache=True)
+def _softplus_tail(x, e, nd):
+    """x[j] <- softplus(x[j]) = max(x, 0) + log1p(e[j]) for j < nd, given e[j] = exp(-|x[j]|) in [0, 1].
+
+    log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...) with s = e / (2 + e) in [0, 1/3]: a vectorisable
+    polynomial (a libm log1p per element is not), accurate also for tiny e (no 1 + e is formed). float64: terms
+    up to s^32/33 (truncation < 2e-18 relative); float32: up to s^14/15 (< 2e-9).
+    """
+    if x.itemsize == 8:
+        for j in range(nd):
+            s = e[j] / (2.0 + e[j])
+            s2 = s * s
+            p = 1.0 / 33.0
+            for k in range(15, -1, -1):                     # Horner in s^2: 1/31, 1/29, ..., 1/3, 1
+                p = p * s2 + 1.0 / (2 * k + 1)
+            v = x[j]
+            x[j] = (v if v > 0.0 else 0.0) + 2.0 * s * p
+    else:
+        for j in range(nd):
+            s = e[j] / (_TWO_F + e[j])
+            s2 = s * s
+            p = _S7
+            p = p * s2 + _S6
+            p = p * s2 + _S5
+            p = p * s2 + _S4
+            p = p * s2 + _S3
+            p = p * s2 + _S2
+            p = p * s2 + _S1
+            p = p * s2 + _C0
+            v = x[j]
+            x[j] = (v if v > _ZERO_F else _ZERO_F) + _TWO_F * s * p
+
+
+@njit(cache=True)
+def _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, e, bits64, bits32):
+    """dtv[j] <- Delta_t of channel d0 + j (Alg. 2 line 4): softplus(delta_t + delta_bias) or delta_t + delta_bias.
+
+    softplus(x) = max(x, 0) + log1p(e) with e = exp(-|x|) (no overflow); e is left in the buffer ``e`` (the
+    backward's sigmoid(x) reuses it). Computed here, inside both kernels, so that no (b, L, D) Delta is stored.
+    """
+    for j in range(nd):
+        dtv[j] = delta[b, t, d0 + j] + bias[d0 + j]
+    if softplus:
+        for j in range(nd):
+            e[j] = -abs(dtv[j])
+        _exp_buffer(e[:nd], bits64, bits32)
+        _softplus_tail(dtv, e, nd)
+
+
 @njit(cache=True, parallel=True)
-def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt):
+def _ssm_forward_kernel(u, delta, bias, softplus, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt):
     """Algorithm 2 line 6 (recurrent mode): y_t = C_t h_t + D u_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t.
 
     One work item = one batch element and one block of channels d0 .. d0+nd-1; the state of the block is held
@@ -157,6 +214,7 @@ def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt)
         bits32 = np.empty(N * nd if u.itemsize == 4 else 0, np.int32)
         Ab = np.empty((N, nd), u.dtype)                     # A of the block, transposed
         dtv = np.empty(nd, u.dtype)                         # Delta_t, u_t, Delta_t u_t of the block
+        ev = np.empty(nd, u.dtype)
         uv = np.empty(nd, u.dtype)
         dtu = np.empty(nd, u.dtype)
         acc = np.empty(nd, u.dtype)
@@ -169,8 +227,8 @@ def _ssm_forward_kernel(u, dt, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt)
                 for n in range(N):
                     for j in range(nd):
                         ckpt[b, t // chunk, n, d0 + j] = h[n, j]
+            _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, ev, bits64, bits32)     # line 4: Delta
             for j in range(nd):
-                dtv[j] = dt[b, t, d0 + j]
                 uv[j] = u[b, t, d0 + j]
                 dtu[j] = dtv[j] * uv[j]                     # B_bar u = Delta u B (Euler, as the reference code)
                 acc[j] = 0.0
@@ -208,13 +266,18 @@ def _sum_over_channels(tmp, nd, out):
 
 
 @njit(cache=True, parallel=True)
-def _ssm_backward_kernel(u, dt, At, B, C, Dsk, z, has_z, ckpt, dout, dh_last, chunk, block,
-                         du, ddt, dz, dh0, dA_part, dB_part, dC_part, dD_part):
-    """Reverse-time adjoint of _ssm_forward_kernel (derivations/mamba.md#adjoint, steps 2-8).
+def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt, dout, chunk, block,
+                         du, ddelta, dz, lam, dA_acc, dD_acc, dB, dC):
+    """Reverse-time adjoint of _ssm_forward_kernel (derivations/mamba.md#adjoint, steps 1-9).
 
-    Per chunk (last to first): recompute the chunk's states h from its checkpoint, then walk back in time with
-    lambda_t = dy_t C_t + A_bar_{t+1} lambda_{t+1}. B_t and C_t are shared by all channels, so dB_t and dC_t are
-    sums over channels: each work item writes the sum over its own block to dB_part[blk] / dC_part[blk].
+    Chunks of time run from the last to the first (the adjoint flows backwards); inside a chunk the (batch,
+    channel block) work items are independent (``prange``). A work item recomputes the chunk's Delta, A_bar and
+    states h from the chunk's checkpoint, then walks back in time with lambda_t = dy_t C_t + A_bar_{t+1} lambda_{t+1}.
+    What carries over from one chunk to the previous one lives in arrays of size (b, N, D): lam (in: dLoss/dh_{L-1},
+    transposed; out: dLoss/dh0), the float64 sums dA_acc (and dD_acc, (b, D)); every item loads its block's part at
+    the start of the chunk and stores it back at the end, so the sums run in time order whatever the chunk.
+    B_t and C_t are shared by all channels, so dB_t and dC_t are sums over channels: each item writes the sum over
+    its own block to dB_part[blk] / dC_part[blk], and these are added in block order once the chunk is done.
     Steps 1-2 (gate, skip) are done per time step too: with the gate (has_z), dy_t = dout_t silu(z_t) and
     dz_t = dout_t y_t silu'(z_t), where y_t = C_t h_t + D u_t is recomputed from the chunk's states (never cached).
     """
@@ -222,56 +285,58 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, z, has_z, ckpt, dout, dh_last, ch
     N = At.shape[0]
     n_blocks = (D + block - 1) // block
     n_chunks = ckpt.shape[1]
-    for item in prange(nb * n_blocks):
-        b = item // n_blocks
-        blk = item % n_blocks
-        d0 = blk * block
-        nd = min(block, D - d0)
-        hs = np.empty((chunk + 1, N, nd), u.dtype)          # h_{t0-1} .. h_{t1-1}: the states of one chunk
-        ab_flat = np.empty(chunk * N * nd, u.dtype)
-        a_bars = ab_flat.reshape((chunk, N, nd))            # A_bar_t of the chunk
-        bits64 = np.empty(N * nd if u.itemsize == 8 else 0, np.int64)   # exponent bits for exp (one step)
-        bits32 = np.empty(N * nd if u.itemsize == 4 else 0, np.int32)
-        Ab = np.empty((N, nd), u.dtype)                     # A of the block, transposed
-        lam = np.empty((N, nd), u.dtype)                    # adjoint lambda = dLoss/dh
-        yacc = np.empty(nd, u.dtype)
-        sB = np.empty(N, u.dtype)
-        sC = np.empty(N, u.dtype)
-        sv = np.empty(nd, u.dtype)                          # sigmoid(z_t) of the block
-        dD_acc = np.zeros(nd)                               # float64: a sum over every time step
-        dA_acc = np.zeros((N, nd))                          # float64: a sum over every time step
-        tmpB = np.empty((N, nd), u.dtype)
-        tmpC = np.empty((N, nd), u.dtype)
-        dtv = np.empty(nd, u.dtype)
-        uv = np.empty(nd, u.dtype)
-        gv = np.empty(nd, u.dtype)
-        dtu = np.empty(nd, u.dtype)
-        du_acc = np.empty(nd, u.dtype)
-        ddt_acc = np.empty(nd, u.dtype)
-        for n in range(N):
-            for j in range(nd):
-                lam[n, j] = dh_last[b, d0 + j, n]           # gradient flowing into the returned last state
-                Ab[n, j] = At[n, d0 + j]
-        for c in range(n_chunks - 1, -1, -1):               # chunks from last to first
-            t0 = c * chunk
-            t1 = min(L, t0 + chunk)
-            T = t1 - t0
+    dB_part = np.empty((n_blocks, nb, chunk, N), u.dtype)  # per block sums over channels of one chunk
+    dC_part = np.empty((n_blocks, nb, chunk, N), u.dtype)
+    for c in range(n_chunks - 1, -1, -1):                   # chunks from last to first
+        t0 = c * chunk
+        T = min(L, t0 + chunk) - t0
+        for item in prange(nb * n_blocks):                  # independent (batch, channel block) pieces
+            b = item // n_blocks
+            blk = item % n_blocks
+            d0 = blk * block
+            nd = min(block, D - d0)
+            hs = np.empty((T + 1, N, nd), u.dtype)          # h_{t0-1} .. h_{t0+T-1}: the states of the chunk
+            ab_flat = np.empty(T * N * nd, u.dtype)
+            a_bars = ab_flat.reshape((T, N, nd))            # A_bar_t of the chunk
+            dts = np.empty((T, nd), u.dtype)                # Delta_t of the chunk
+            sig = np.empty((T, nd), u.dtype)                # exp(-|x_t|), then sigmoid(x_t) (softplus' for step 9)
+            bits64 = np.empty(N * nd if u.itemsize == 8 else 0, np.int64)   # exponent bits for exp (one step)
+            bits32 = np.empty(N * nd if u.itemsize == 4 else 0, np.int32)
+            Ab = np.empty((N, nd), u.dtype)                 # A of the block, transposed
+            lamb = np.empty((N, nd), u.dtype)               # adjoint lambda = dLoss/dh of the block
+            dAb = np.empty((N, nd))                         # float64: a sum over every time step
+            dDb = np.empty(nd)                              # float64: a sum over every time step
+            yacc = np.empty(nd, u.dtype)
+            sB = np.empty(N, u.dtype)
+            sC = np.empty(N, u.dtype)
+            sv = np.empty(nd, u.dtype)                      # sigmoid(z_t) of the block
+            tmpB = np.empty((N, nd), u.dtype)
+            tmpC = np.empty((N, nd), u.dtype)
+            uv = np.empty(nd, u.dtype)
+            gv = np.empty(nd, u.dtype)
+            dtu = np.empty(nd, u.dtype)
+            du_acc = np.empty(nd, u.dtype)
+            ddt_acc = np.empty(nd, u.dtype)
             for n in range(N):
                 for j in range(nd):
-                    hs[0, n, j] = ckpt[b, c, n, d0 + j]
-            for i in range(T):
-                for j in range(nd):
-                    dtv[j] = dt[b, t0 + i, d0 + j]
+                    Ab[n, j] = At[n, d0 + j]
+                    lamb[n, j] = lam[b, n, d0 + j]          # A_bar_{t1} lambda_{t1} from the later chunk
+                    dAb[n, j] = dA_acc[b, n, d0 + j]
+                    hs[0, n, j] = ckpt[b, c, n, d0 + j]     # h_{t0-1}
+            for j in range(nd):
+                dDb[j] = dD_acc[b, d0 + j]
+            for i in range(T):                              # recompute Delta_t, A_bar_t, eq. (2a) inside the chunk
+                t = t0 + i
+                dtv = dts[i]
+                _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, sig[i], bits64, bits32)
                 for n in range(N):
                     arow = a_bars[i, n]
                     Arow = Ab[n]
                     for j in range(nd):
                         arow[j] = dtv[j] * Arow[j]
                 _exp_buffer(ab_flat[i * N * nd:(i + 1) * N * nd], bits64, bits32)     # A_bar_t, eq. (4)
-            for i in range(T):                              # recompute eq. (2a) inside the chunk
-                t = t0 + i
                 for j in range(nd):
-                    dtu[j] = dt[b, t, d0 + j] * u[b, t, d0 + j]
+                    dtu[j] = dtv[j] * u[b, t, d0 + j]
                 for n in range(N):
                     bn = B[b, t, n]
                     hprev = hs[i, n]
@@ -279,10 +344,15 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, z, has_z, ckpt, dout, dh_last, ch
                     arow = a_bars[i, n]
                     for j in range(nd):
                         hnext[j] = arow[j] * hprev[j] + dtu[j] * bn
+                if softplus:                                # sigmoid(x) from e = exp(-|x|): 1/(1+e) or e/(1+e)
+                    srow = sig[i]
+                    for j in range(nd):
+                        x = delta[b, t, d0 + j] + bias[d0 + j]
+                        srow[j] = (1.0 if x >= 0.0 else srow[j]) / (1.0 + srow[j])
             for i in range(T - 1, -1, -1):                  # reverse time: hs[i + 1] = h_t, hs[i] = h_{t-1}
                 t = t0 + i
+                dtv = dts[i]
                 for j in range(nd):
-                    dtv[j] = dt[b, t, d0 + j]
                     uv[j] = u[b, t, d0 + j]
                     gv[j] = dout[b, t, d0 + j]
                     dtu[j] = dtv[j] * uv[j]
@@ -297,18 +367,18 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, z, has_z, ckpt, dout, dh_last, ch
                         sv[j] = 1.0 / (1.0 + sv[j])
                         gv[j] *= z[b, t, d0 + j] * sv[j]    # dy_t = dout_t silu(z_t)
                 for j in range(nd):
-                    dD_acc[j] += gv[j] * uv[j]              # step 2: dD = sum dy u
+                    dDb[j] += gv[j] * uv[j]                 # step 2: dD = sum dy u
                 for n in range(N):
                     bn = B[b, t, n]
                     cn = C[b, t, n]
-                    lrow = lam[n]
+                    lrow = lamb[n]
                     hcur = hs[i + 1, n]
                     hprev = hs[i, n]
                     arow = a_bars[i, n]
                     Arow = Ab[n]
                     brow = tmpB[n]
                     crow = tmpC[n]
-                    darow = dA_acc[n]
+                    darow = dAb[n]
                     for j in range(nd):
                         lrow[j] += gv[j] * cn                               # step 3: lambda_t += dy_t C_t
                         crow[j] = gv[j] * hcur[j]                           # step 4: dC_t = sum_d dy_t h_t
@@ -327,28 +397,38 @@ def _ssm_backward_kernel(u, dt, At, B, C, Dsk, z, has_z, ckpt, dout, dh_last, ch
                 _sum_over_channels(tmpB, nd, sB)            # sums over the block's channels
                 _sum_over_channels(tmpC, nd, sC)
                 for n in range(N):
-                    dB_part[blk, b, t, n] = sB[n]
-                    dC_part[blk, b, t, n] = sC[n]
+                    dB_part[blk, b, i, n] = sB[n]
+                    dC_part[blk, b, i, n] = sC[n]
                 for j in range(nd):
                     du[b, t, d0 + j] = dtv[j] * du_acc[j] + Dsk[d0 + j] * gv[j]    # steps 6 and 2
-                    ddt[b, t, d0 + j] = ddt_acc[j]
+                    ddelta[b, t, d0 + j] = ddt_acc[j] * sig[i, j] if softplus else ddt_acc[j]   # step 9
                 if has_z:                                   # step 1: dz = dout y silu'(z), silu' = s (1 + z (1 - s))
                     for j in range(nd):
                         zj = z[b, t, d0 + j]
                         yj = yacc[j] + Dsk[d0 + j] * uv[j]
                         dz[b, t, d0 + j] = dout[b, t, d0 + j] * yj * sv[j] * (1.0 + zj * (1.0 - sv[j]))
-        for n in range(N):
+            for n in range(N):                              # carry lambda and the dA sums to the previous chunk
+                for j in range(nd):
+                    lam[b, n, d0 + j] = lamb[n, j]
+                    dA_acc[b, n, d0 + j] = dAb[n, j]
             for j in range(nd):
-                dh0[b, d0 + j, n] = lam[n, j]               # dLoss/dh0 = A_bar_0 lambda_0
-                dA_part[b, n, d0 + j] = dA_acc[n, j]
-        for j in range(nd):
-            dD_part[b, d0 + j] = dD_acc[j]
+                dD_acc[b, d0 + j] = dDb[j]
+        for b in range(nb):                                 # steps 4-5: add the blocks' sums, in block order
+            for i in range(T):
+                for n in range(N):
+                    sb = dB_part[0, b, i, n]
+                    sc = dC_part[0, b, i, n]
+                    for blk in range(1, n_blocks):
+                        sb += dB_part[blk, b, i, n]
+                        sc += dC_part[blk, b, i, n]
+                    dB[b, t0 + i, n] = sb
+                    dC[b, t0 + i, n] = sc
 
 
 # The same loops compiled without threads: below PARALLEL_MIN_WORK state updates (b * L * D * N) a parallel launch
 # costs about what it saves (measured on 2 cores: break-even near 1e5 updates, 1.8x faster at 1e6).
 PARALLEL_MIN_WORK = 1 << 17
-TIME_SLAB = 64        # the NumPy parts (softplus, gate) work on slabs of time steps (bounded temporaries)
+TIME_SLAB = 64        # the NumPy gate of the forward works on slabs of time steps (bounded temporaries)
 
 
 def _serial_build(kernel, name):
@@ -364,9 +444,22 @@ _ssm_forward_serial = _serial_build(_ssm_forward_kernel, "_ssm_forward_serial")
 _ssm_backward_serial = _serial_build(_ssm_backward_kernel, "_ssm_backward_serial")
 
 
+def adaptive_chunk(L, D):
+    """The checkpoint interval used when ``chunk=None``: ceil(sqrt(L D / (2 * threads * block))), at most L.
+
+    The backward holds the checkpoints, ceil(L / chunk) * D * N numbers per batch element, and, per running
+    thread, the recomputed states and A_bar of one chunk and one channel block, 2 * chunk * N * block numbers.
+    Their sum is smallest at chunk = sqrt(L D / (2 * threads * block)) (and then grows like sqrt(L), not L).
+    Results do not depend on the chunk (test_any_chunk_gives_identical_results), so neither on the thread count.
+    """
+    block = min(CHANNEL_BLOCK, D)
+    return int(min(L, max(1, np.ceil(np.sqrt(L * D / (2.0 * get_num_threads() * block))))))
+
+
 class ScanCache(NamedTuple):
     u: np.ndarray             # (b, L, D)
-    dt: np.ndarray            # (b, L, D) Delta = softplus(delta + delta_bias) (or without the softplus)
+    delta: np.ndarray         # (b, L, D) the raw step as given (Delta is recomputed from it in the backward)
+    bias: np.ndarray          # (D,) delta_bias (zeros when it was None)
     At: np.ndarray            # (N, D) A transposed (channels contiguous, as the kernels read it)
     B: np.ndarray             # (b, L, N)
     C: np.ndarray             # (b, L, N)
@@ -376,20 +469,6 @@ class ScanCache(NamedTuple):
     delta_softplus: bool
     chunk: int
     has: tuple                # which optional inputs were given: (D, z, delta_bias, h0)
-
-
-def _softplus_inplace(x):
-    """x <- log(1 + e^x) = max(x, 0) + log1p(e^{-|x|}) without overflow, on slabs of TIME_SLAB time steps (one
-    slab-sized temporary)."""
-    for t0 in range(0, x.shape[1], TIME_SLAB):
-        xs = x[:, t0:t0 + TIME_SLAB]
-        e = np.abs(xs)
-        np.negative(e, out=e)
-        np.exp(e, out=e)
-        np.log1p(e, out=e)
-        np.maximum(xs, 0, out=xs)
-        xs += e
-    return x
 
 
 def _sigmoid(x):
@@ -428,30 +507,26 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, h0):
 
 
 def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, delta_softplus=False,
-                           h0=None, chunk=64):
+                           h0=None, chunk=None):
     """Selective scan (S6), Algorithm 2 with eqs. (2a), (2b), (4) (ZOH A_bar, Euler B_bar = dt B).
 
     u, delta: (b, L, D); A: (D, N) (pass -exp(A_log)); B, C: (b, L, N); D (skip), delta_bias: (D,) or None;
     z: (b, L, D) or None (gate out = y * silu(z)); h0: (b, D, N) initial state or None (zeros).
     dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias.
-    chunk: checkpoint the state every ``chunk`` steps (memory b*ceil(L/chunk)*D*N, backward recomputes).
+    chunk: checkpoint the state every ``chunk`` steps (memory b*ceil(L/chunk)*D*N, the backward recomputes the
+    rest); None picks adaptive_chunk(L, D), about sqrt(L). Results are identical for every chunk.
 
     Returns ((out (b, L, D), h_last (b, D, N)), cache); out and h_last have the dtype of u.
     """
     u, delta, A, B, C, D, z, delta_bias, h0 = _check_inputs(u, delta, A, B, C, D, z, delta_bias, h0)
     if not isinstance(delta_softplus, (bool, np.bool_)):
         validate.fail("delta_softplus", "a bool", repr(delta_softplus))
-    chunk = validate.positive_int(chunk, "chunk")
     nb, L, Dd = u.shape
+    chunk = adaptive_chunk(L, Dd) if chunk is None else validate.positive_int(chunk, "chunk")
     N = A.shape[1]
     dtype = u.dtype
     has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
-    if delta_bias is not None:
-        dt = delta + delta_bias                                                  # (b, L, D) Alg. 2 line 4
-    else:
-        dt = delta.copy() if delta_softplus else delta
-    if delta_softplus:
-        _softplus_inplace(dt)                                                    # (b, L, D) tau_Delta, in place
+    bias = delta_bias if delta_bias is not None else np.zeros(Dd, dtype)        # (D,) Alg. 2 line 4
     At = np.ascontiguousarray(A.T)                                               # (N, D)
     hh0 = h0 if h0 is not None else np.zeros((nb, Dd, N), dtype)
     Dsk = D if D is not None else np.zeros(Dd, dtype)
@@ -459,15 +534,16 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     h_last = np.empty((nb, Dd, N), dtype)                                        # (b, D, N)
     ckpt = np.empty((nb, (L + chunk - 1) // chunk, N, Dd), dtype)               # (b, n_chunks, N, D)
     kernel = _ssm_forward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_forward_serial
-    kernel(np.ascontiguousarray(u), np.ascontiguousarray(dt), At, np.ascontiguousarray(B),
-                        np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_BLOCK, Dd), y, h_last, ckpt)
+    kernel(np.ascontiguousarray(u), np.ascontiguousarray(delta), bias, bool(delta_softplus), At,
+           np.ascontiguousarray(B), np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_BLOCK, Dd),
+           y, h_last, ckpt)
     out = y
     if z is not None:
         for t0 in range(0, L, TIME_SLAB):                                        # gate: y * silu(z)
             zs = z[:, t0:t0 + TIME_SLAB]
             out[:, t0:t0 + TIME_SLAB] *= zs
             out[:, t0:t0 + TIME_SLAB] *= _sigmoid(zs)
-    cache = ScanCache(u, dt, At, B, C, Dsk, z, ckpt, bool(delta_softplus), chunk, has)
+    cache = ScanCache(u, delta, bias, At, B, C, Dsk, z, ckpt, bool(delta_softplus), chunk, has)
     return (out, h_last), cache
 
 
@@ -491,41 +567,33 @@ def selective_scan_backward(dy, cache):
     else:
         dout, dh_last = dy, None
     dout = validate.same_dtype(validate.float_array(dout, "dout", shape=u.shape), "dout", u, "u")
-    if dh_last is None:
-        dh_last = np.zeros((nb, Dd, N), dtype)
-    dh_last = validate.same_dtype(validate.float_array(dh_last, "dh_last", shape=(nb, Dd, N)), "dh_last", u, "u")
+    if dh_last is not None:
+        dh_last = validate.same_dtype(validate.float_array(dh_last, "dh_last", shape=(nb, Dd, N)), "dh_last",
+                                      u, "u")
+        lam = dh_last.transpose(0, 2, 1).copy()                 # (b, N, D) lambda (a copy: the kernel updates it)
+    else:
+        lam = np.zeros((nb, N, Dd), dtype)
     has_D, has_z, has_bias, has_h0 = cache.has
-    z, Dskip = cache.z, cache.D
-    block = min(CHANNEL_BLOCK, Dd)
-    n_blocks = (Dd + block - 1) // block
+    z = cache.z
     du = np.empty_like(u)                                       # (b, L, D)
-    ddt = np.empty_like(u)                                      # (b, L, D)
+    ddelta = np.empty_like(u)                                   # (b, L, D)
     dz = np.empty_like(u) if has_z else np.empty((1, 1, 1), dtype)
-    dh0 = np.empty((nb, Dd, N), dtype)                          # (b, D, N)
-    dA_part = np.empty((nb, N, Dd), np.float64)                 # per batch element, summed below
-    dD_part = np.empty((nb, Dd), np.float64)
-    dB_part = np.empty((n_blocks, nb, L, N), dtype)             # per channel block, summed below
-    dC_part = np.empty((n_blocks, nb, L, N), dtype)
+    dA_acc = np.zeros((nb, N, Dd))                              # float64, per batch element, summed below
+    dD_acc = np.zeros((nb, Dd))
+    dB = np.empty((nb, L, N), dtype)
+    dC = np.empty((nb, L, N), dtype)
     kernel = _ssm_backward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_backward_serial
-    kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.dt), cache.At, np.ascontiguousarray(cache.B),
-           np.ascontiguousarray(cache.C), Dskip, np.ascontiguousarray(z) if has_z else dz, has_z, cache.ckpt,
-           np.ascontiguousarray(dout), dh_last, cache.chunk, block,
-           du, ddt, dz, dh0, dA_part, dB_part, dC_part, dD_part)                      # steps 1-8
-    if cache.delta_softplus:                                    # step 9: softplus'(x) = sigmoid(x) = 1 - e^{-dt}
-        for t0 in range(0, L, TIME_SLAB):
-            e = np.negative(cache.dt[:, t0:t0 + TIME_SLAB])
-            np.expm1(e, out=e)
-            ddt[:, t0:t0 + TIME_SLAB] *= e
-        np.negative(ddt, out=ddt)
-    ddelta = ddt
+    kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.delta), cache.bias, cache.delta_softplus,
+           cache.At, np.ascontiguousarray(cache.B), np.ascontiguousarray(cache.C), cache.D,
+           np.ascontiguousarray(z) if has_z else dz, has_z, cache.ckpt, np.ascontiguousarray(dout),
+           cache.chunk, min(CHANNEL_BLOCK, Dd), du, ddelta, dz, lam, dA_acc, dD_acc, dB, dC)     # steps 1-9
     return (du, ddelta,
-            dA_part.sum(axis=0).T.astype(dtype),
-            dB_part.sum(axis=0).astype(dtype, copy=False),
-            dC_part.sum(axis=0).astype(dtype, copy=False),
-            dD_part.sum(axis=0).astype(dtype) if has_D else None,
+            dA_acc.sum(axis=0).T.astype(dtype),
+            dB, dC,
+            dD_acc.sum(axis=0).astype(dtype) if has_D else None,
             dz if has_z else None,
             ddelta.sum(axis=(0, 1)) if has_bias else None,
-            dh0 if has_h0 else None)
+            np.ascontiguousarray(lam.transpose(0, 2, 1)) if has_h0 else None)        # step 10: dh0 = lambda
 
 
 def selective_scan_step(h, u, delta, A, B, C, D=None, z=None, delta_bias=None, *, delta_softplus=False):

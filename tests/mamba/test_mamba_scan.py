@@ -142,8 +142,8 @@ def test_threaded_kernels_match_reference(rng, monkeypatch, dtype, tol):
     backward's NumPy work into several time slabs)."""
     import scratch_transformers.mamba.scan as S
     monkeypatch.setattr(S, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(S, "TIME_SLAB", 7)                       # several slabs of the NumPy gate backward
-    kw = make(rng, 3, 41, 70, 5, dtype=dtype)                    # 70 channels: 2 blocks of 64, the last one partial
+    monkeypatch.setattr(S, "TIME_SLAB", 7)                       # several slabs of the NumPy gate
+    kw = make(rng, 3, 41, 70, 5, dtype=dtype)                    # 70 channels: 3 blocks of 32, the last one partial
     dout = rng.standard_normal((3, 41, 70)).astype(dtype)
     dh_last = rng.standard_normal((3, 70, 5)).astype(dtype)
     (out, hl, grads), (rout, rhl, rgrads) = run_both(kw, True, dout, dh_last, chunk=16)
@@ -152,16 +152,61 @@ def test_threaded_kernels_match_reference(rng, monkeypatch, dtype, tol):
         assert rel(g, r) <= tol, (name, rel(g, r))
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 5, 16, 1000])
+@pytest.mark.parametrize("chunk", [1, 2, 5, 16, 1000, None])
 def test_checkpoint_interval_does_not_change_results(rng, chunk):
+    """The backward's sums run in time order whatever the chunk, and the recomputed states are the forward's own
+    arithmetic: every chunk gives the same bits as checkpointing only h0 (chunk = L)."""
     kw = make(rng, 2, 16, 4, 3)
     dout = rng.standard_normal((2, 16, 4))
     (o1, h1), c1 = selective_scan_forward(**kw, delta_softplus=True, chunk=chunk)
-    (o2, h2), c2 = selective_scan_forward(**kw, delta_softplus=True, chunk=7)
+    (o2, h2), c2 = selective_scan_forward(**kw, delta_softplus=True, chunk=16)
     np.testing.assert_array_equal(o1, o2)
     np.testing.assert_array_equal(h1, h2)
     for g1, g2 in zip(selective_scan_backward(dout, c1), selective_scan_backward(dout, c2)):
-        np.testing.assert_allclose(g1, g2, rtol=1e-13, atol=1e-13)
+        np.testing.assert_array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("L", [1, 2, 7, 33, 100])
+def test_any_chunk_gives_identical_results_threaded(rng, monkeypatch, L):
+    """The threaded build (several channel blocks, partial last block), odd L and L = 1: chunk = 1, every
+    divisor and non-divisor, L and the adaptive choice all give bit-identical outputs and gradients, and
+    these match the float64 reference."""
+    import scratch_transformers.mamba.scan as S
+    monkeypatch.setattr(S, "PARALLEL_MIN_WORK", 0)
+    nb, Dd, N = 2, S.CHANNEL_BLOCK + 5, 3
+    kw = make(rng, nb, L, Dd, N)
+    dout = rng.standard_normal((nb, L, Dd))
+    dh_last = rng.standard_normal((nb, Dd, N))
+    (o_ref, h_ref), c_ref = selective_scan_forward(**kw, delta_softplus=True, chunk=1)
+    g_ref = selective_scan_backward((dout, dh_last), c_ref)
+    assert c_ref.ckpt.shape == (nb, L, N, Dd)
+    chunks = sorted({2, 3, max(1, L // 2), L - 1 if L > 1 else 1, L, L + 5}) + [None]
+    for chunk in chunks:
+        (o, h), cache = selective_scan_forward(**kw, delta_softplus=True, chunk=chunk)
+        want = S.adaptive_chunk(L, Dd) if chunk is None else chunk
+        assert cache.chunk == want and cache.ckpt.shape[1] == -(-L // want), chunk
+        np.testing.assert_array_equal(o, o_ref)
+        np.testing.assert_array_equal(h, h_ref)
+        for name, g, r in zip(NAMES, selective_scan_backward((dout, dh_last), cache), g_ref):
+            np.testing.assert_array_equal(g, r, err_msg=f"{name}, chunk={chunk}")
+    rout, rhl, tape = ref_forward(**kw, softplus=True)
+    assert rel(o_ref, rout) <= 1e-12 and rel(h_ref, rhl) <= 1e-12
+    for name, g, r in zip(NAMES, g_ref, ref_backward(dout, dh_last, tape)):
+        assert rel(g, r) <= 1e-12, name
+
+
+def test_adaptive_chunk_grows_like_sqrt_length():
+    """chunk = ceil(sqrt(L D / (2 threads block))) clipped to [1, L]: the checkpoints (L / chunk) and the
+    per-thread chunk buffers (chunk) both grow like sqrt(L)."""
+    import numba
+    import scratch_transformers.mamba.scan as S
+    threads = numba.get_num_threads()
+    for L, Dd in [(1, 1), (1, 256), (7, 3), (256, 256), (1024, 256), (4096, 256), (10**6, 8)]:
+        c = S.adaptive_chunk(L, Dd)
+        assert isinstance(c, int) and 1 <= c <= L, (L, Dd, c)
+        blk = min(S.CHANNEL_BLOCK, Dd)
+        assert c == min(L, int(np.ceil(np.sqrt(L * Dd / (2 * threads * blk))))), (L, Dd, c)
+    assert S.adaptive_chunk(4 * 4096, 256) <= 2 * S.adaptive_chunk(4096, 256) + 1
 
 
 def test_scan_float32_within_1e5_of_float64_reference(rng):

@@ -5,8 +5,11 @@
 Both compute the Mamba scan with softplus(delta + bias), the skip D and the gate silu(z), in float32.
 Baseline forward: a Python loop over t whose body is vectorised over (batch, D, N); baseline forward+backward:
 the same loop storing h_t for every t (it materialises (b, L, D, N)), then the reverse-time adjoint loop.
-Ours: selective_scan_forward / selective_scan_backward (states checkpointed every 64 steps, recomputed).
-Times are medians of ``--repeats`` runs after a warm-up call that compiles; memory is the peak traced by
+Ours: selective_scan_forward / selective_scan_backward (Delta recomputed in the kernels, states checkpointed every
+``chunk`` steps, by default adaptive_chunk(L, D) ~ sqrt(L), and recomputed chunk by chunk in the backward).
+Times are medians of ``--repeats`` rounds after a warm-up call that compiles; each round runs the four calls in
+turn and a speedup is the median over rounds of the per-round ratio (core.measure.interleaved_seconds: both sides
+of a ratio see the same machine load); memory is the peak traced by
 tracemalloc during one forward+backward call, and "extra" memory is that peak minus the bytes of the arrays the
 call returns (tracemalloc also traces numba's own allocations, so the kernels' scratch is included).
 """
@@ -18,8 +21,8 @@ import argparse
 import numpy as np
 from numba import get_num_threads
 
-from scratch_transformers.core.measure import median_seconds, traced_peak
-from scratch_transformers.mamba.scan import selective_scan_backward, selective_scan_forward
+from scratch_transformers.core.measure import interleaved_seconds, median_ratio, traced_peak
+from scratch_transformers.mamba.scan import adaptive_chunk, selective_scan_backward, selective_scan_forward
 
 
 def _softplus(x):
@@ -118,11 +121,12 @@ def run(lengths=(256, 1024, 4096), batch=1, d=256, n=16, repeats=3, seed=0, chun
         o2, g2 = np_fb()
         err = max(float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
                   for a, b in zip((o1,) + tuple(g1[:6]) + (g1[6], g1[7]), (o2,) + tuple(g2)))
-        row = dict(L=L, err=err)
-        row["np_f"] = median_seconds(np_f, repeats)
-        row["ours_f"] = median_seconds(ours_f, repeats)
-        row["np_fb"] = median_seconds(np_fb, repeats)
-        row["ours_fb"] = median_seconds(ours_fb, repeats)
+        row = dict(L=L, err=err, chunk=adaptive_chunk(L, d) if chunk is None else chunk)
+        times = interleaved_seconds(dict(np_f=np_f, ours_f=ours_f, np_fb=np_fb, ours_fb=ours_fb), repeats)
+        for name, ts in times.items():
+            row[name] = float(np.median(ts))
+        row["speed_f"] = median_ratio(times["np_f"], times["ours_f"])
+        row["speed_fb"] = median_ratio(times["np_fb"], times["ours_fb"])
         np_peak, np_ret = _peak(np_fb)
         ours_peak, ours_ret = _peak(ours_fb)
         row["np_mem"], row["ours_mem"] = np_peak, ours_peak
@@ -141,18 +145,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows = run(tuple(args.lengths), args.batch, args.d, args.n, args.repeats)
     print(f"selective scan, float32, B={args.batch}, D={args.d}, N={args.n}, numba threads={get_num_threads()}; "
-          f"median of {args.repeats} after a warm-up")
+          f"median of {args.repeats} interleaved rounds after a warm-up")
     head = (f"{'L':>6} | {'numpy fwd ms':>12} {'ours fwd ms':>11} {'speedup':>8} | {'numpy f+b ms':>12} "
             f"{'ours f+b ms':>11} {'speedup':>8} | {'numpy peak MB':>13} {'ours peak MB':>12} {'ratio':>6} | "
-            f"{'numpy extra MB':>14} {'ours extra MB':>13} {'ratio':>6} | {'max rel diff':>12}")
+            f"{'numpy extra MB':>14} {'ours extra MB':>13} {'ratio':>6} | {'chunk':>5} | {'max rel diff':>12}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['L']:>6} | {1e3 * r['np_f']:>12.1f} {1e3 * r['ours_f']:>11.2f} {r['np_f'] / r['ours_f']:>7.1f}x | "
-              f"{1e3 * r['np_fb']:>12.1f} {1e3 * r['ours_fb']:>11.2f} {r['np_fb'] / r['ours_fb']:>7.1f}x | "
+        print(f"{r['L']:>6} | {1e3 * r['np_f']:>12.1f} {1e3 * r['ours_f']:>11.2f} {r['speed_f']:>7.1f}x | "
+              f"{1e3 * r['np_fb']:>12.1f} {1e3 * r['ours_fb']:>11.2f} {r['speed_fb']:>7.1f}x | "
               f"{r['np_mem'] / 2**20:>13.2f} {r['ours_mem'] / 2**20:>12.2f} {r['np_mem'] / r['ours_mem']:>5.1f}x | "
               f"{r['np_extra'] / 2**20:>14.2f} {r['ours_extra'] / 2**20:>13.2f} {r['np_extra'] / r['ours_extra']:>5.1f}x | "
-              f"{r['err']:>12.1e}")
+              f"{r['chunk']:>5} | {r['err']:>12.1e}")
     print("peak = everything allocated during one forward+backward call; extra = peak minus the arrays it returns "
           "(out and the gradients, which both implementations must produce)")
     return 0

@@ -41,7 +41,8 @@ from numba import get_num_threads, njit, prange
 
 from ..core import validate
 
-CHANNEL_BLOCK = 32  # channels per work item; fixed so that results do not depend on the thread count
+CHANNEL_BLOCK = 32   # channels per block (forward work item; backward inner loop); fixed so that results do
+CHANNEL_GROUP = 128  # not depend on the thread count. Backward work item: a group of 128 channels, 4 blocks
 
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01    # ln 2 split in two so that k * _LN2_HI is exact for |k| < 2^11
@@ -266,163 +267,164 @@ def _sum_over_channels(tmp, nd, out):
 
 
 @njit(cache=True, parallel=True)
-def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt, dout, chunk, block,
-                         du, ddelta, dz, lam, dA_acc, dD_acc, dB, dC):
+def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt, dout, chunk, block, group,
+                         du, ddelta, dz, lam, dA_acc, dD_acc, dB_part, dC_part):
     """Reverse-time adjoint of _ssm_forward_kernel (derivations/mamba.md#adjoint, steps 1-9).
 
-    Chunks of time run from the last to the first (the adjoint flows backwards); inside a chunk the (batch,
-    channel block) work items are independent (``prange``). A work item recomputes the chunk's Delta, A_bar and
-    states h from the chunk's checkpoint, then walks back in time with lambda_t = dy_t C_t + A_bar_{t+1} lambda_{t+1}.
-    What carries over from one chunk to the previous one lives in arrays of size (b, N, D): lam (in: dLoss/dh_{L-1},
-    transposed; out: dLoss/dh0), the float64 sums dA_acc (and dD_acc, (b, D)); every item loads its block's part at
-    the start of the chunk and stores it back at the end, so the sums run in time order whatever the chunk.
-    B_t and C_t are shared by all channels, so dB_t and dC_t are sums over channels: each item writes the sum over
-    its own block to dB_part[blk] / dC_part[blk], and these are added in block order once the chunk is done.
+    One work item (``prange``) = one batch element and one group of ``group`` channels. It walks the chunks of
+    time from the last to the first (the adjoint flows backwards), and in each chunk the group's blocks of
+    ``block`` channels one after the other: recompute the block's Delta_t, A_bar_t and states h from the chunk's
+    checkpoint, then walk back in time with lambda_t = dy_t C_t + A_bar_{t+1} lambda_{t+1}. What carries over from
+    one chunk to the previous one lives in arrays of size (b, N, D): lam (in: dLoss/dh_{L-1}, transposed; out:
+    dLoss/dh0) and the float64 sums dA_acc (and dD_acc, (b, D)); a block loads its part at the start of the chunk
+    and stores it back at the end, so the sums run in time order whatever the chunk. B_t and C_t are shared by all
+    channels, so dB_t and dC_t are sums over channels: over a block's channels (in order), then over the group's
+    blocks (in order) into dB_part[group] / dC_part[group], summed over groups afterwards. The scratch of an item
+    (the states and A_bar of one chunk and one block) does not grow with L, and the work items need no
+    synchronisation (one parallel launch).
     Steps 1-2 (gate, skip) are done per time step too: with the gate (has_z), dy_t = dout_t silu(z_t) and
     dz_t = dout_t y_t silu'(z_t), where y_t = C_t h_t + D u_t is recomputed from the chunk's states (never cached).
     """
     nb, L, D = u.shape
     N = At.shape[0]
-    n_blocks = (D + block - 1) // block
+    n_groups = (D + group - 1) // group
     n_chunks = ckpt.shape[1]
-    dB_part = np.empty((n_blocks, nb, chunk, N), u.dtype)  # per block sums over channels of one chunk
-    dC_part = np.empty((n_blocks, nb, chunk, N), u.dtype)
-    for c in range(n_chunks - 1, -1, -1):                   # chunks from last to first
-        t0 = c * chunk
-        T = min(L, t0 + chunk) - t0
-        for item in prange(nb * n_blocks):                  # independent (batch, channel block) pieces
-            b = item // n_blocks
-            blk = item % n_blocks
-            d0 = blk * block
-            nd = min(block, D - d0)
-            hs = np.empty((T + 1, N, nd), u.dtype)          # h_{t0-1} .. h_{t0+T-1}: the states of the chunk
-            ab_flat = np.empty(T * N * nd, u.dtype)
-            a_bars = ab_flat.reshape((T, N, nd))            # A_bar_t of the chunk
-            dts = np.empty((T, nd), u.dtype)                # Delta_t of the chunk
-            sig = np.empty((T, nd), u.dtype)                # exp(-|x_t|), then sigmoid(x_t) (softplus' for step 9)
-            bits64 = np.empty(N * nd if u.itemsize == 8 else 0, np.int64)   # exponent bits for exp (one step)
-            bits32 = np.empty(N * nd if u.itemsize == 4 else 0, np.int32)
-            Ab = np.empty((N, nd), u.dtype)                 # A of the block, transposed
-            lamb = np.empty((N, nd), u.dtype)               # adjoint lambda = dLoss/dh of the block
-            dAb = np.empty((N, nd))                         # float64: a sum over every time step
-            dDb = np.empty(nd)                              # float64: a sum over every time step
-            yacc = np.empty(nd, u.dtype)
-            sB = np.empty(N, u.dtype)
-            sC = np.empty(N, u.dtype)
-            sv = np.empty(nd, u.dtype)                      # sigmoid(z_t) of the block
-            tmpB = np.empty((N, nd), u.dtype)
-            tmpC = np.empty((N, nd), u.dtype)
-            uv = np.empty(nd, u.dtype)
-            gv = np.empty(nd, u.dtype)
-            dtu = np.empty(nd, u.dtype)
-            du_acc = np.empty(nd, u.dtype)
-            ddt_acc = np.empty(nd, u.dtype)
-            for n in range(N):
-                for j in range(nd):
-                    Ab[n, j] = At[n, d0 + j]
-                    lamb[n, j] = lam[b, n, d0 + j]          # A_bar_{t1} lambda_{t1} from the later chunk
-                    dAb[n, j] = dA_acc[b, n, d0 + j]
-                    hs[0, n, j] = ckpt[b, c, n, d0 + j]     # h_{t0-1}
-            for j in range(nd):
-                dDb[j] = dD_acc[b, d0 + j]
-            for i in range(T):                              # recompute Delta_t, A_bar_t, eq. (2a) inside the chunk
-                t = t0 + i
-                dtv = dts[i]
-                _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, sig[i], bits64, bits32)
+    for item in prange(nb * n_groups):                      # independent (batch, channel group) adjoints
+        b = item // n_groups
+        g = item % n_groups
+        g0 = g * group
+        g1 = min(D, g0 + group)
+        hs_buf = np.empty((chunk + 1) * N * block, u.dtype)  # flat buffers, viewed per (chunk, block) below
+        ab_buf = np.empty(chunk * N * block, u.dtype)
+        dts_buf = np.empty(chunk * block, u.dtype)
+        sig_buf = np.empty(chunk * block, u.dtype)
+        bits64 = np.empty(N * block if u.itemsize == 8 else 0, np.int64)   # exponent bits for exp (one step)
+        bits32 = np.empty(N * block if u.itemsize == 4 else 0, np.int32)
+        Ab = np.empty((N, block), u.dtype)                  # A of the block, transposed
+        lamb = np.empty((N, block), u.dtype)                # adjoint lambda = dLoss/dh of the block
+        dAb = np.empty((N, block))                          # float64: a sum over every time step
+        dDb = np.empty(block)                               # float64: a sum over every time step
+        yacc = np.empty(block, u.dtype)
+        sB = np.empty(N, u.dtype)
+        sC = np.empty(N, u.dtype)
+        sv = np.empty(block, u.dtype)                       # sigmoid(z_t) of the block
+        tmpB = np.empty((N, block), u.dtype)
+        tmpC = np.empty((N, block), u.dtype)
+        uv = np.empty(block, u.dtype)
+        gv = np.empty(block, u.dtype)
+        dtu = np.empty(block, u.dtype)
+        du_acc = np.empty(block, u.dtype)
+        ddt_acc = np.empty(block, u.dtype)
+        for c in range(n_chunks - 1, -1, -1):               # chunks from last to first
+            t0 = c * chunk
+            T = min(L, t0 + chunk) - t0
+            for d0 in range(g0, g1, block):                 # the group's blocks, in channel order
+                nd = min(block, g1 - d0)
+                hs = hs_buf[:(T + 1) * N * nd].reshape((T + 1, N, nd))     # h_{t0-1} .. h_{t0+T-1}
+                ab_flat = ab_buf[:T * N * nd]
+                a_bars = ab_flat.reshape((T, N, nd))        # A_bar_t of the chunk
+                dts = dts_buf[:T * nd].reshape((T, nd))     # Delta_t of the chunk
+                sig = sig_buf[:T * nd].reshape((T, nd))     # exp(-|x_t|), then sigmoid(x_t) (softplus', step 9)
                 for n in range(N):
-                    arow = a_bars[i, n]
-                    Arow = Ab[n]
                     for j in range(nd):
-                        arow[j] = dtv[j] * Arow[j]
-                _exp_buffer(ab_flat[i * N * nd:(i + 1) * N * nd], bits64, bits32)     # A_bar_t, eq. (4)
+                        Ab[n, j] = At[n, d0 + j]
+                        lamb[n, j] = lam[b, n, d0 + j]      # A_bar_{t1} lambda_{t1} from the later chunk
+                        dAb[n, j] = dA_acc[b, n, d0 + j]
+                        hs[0, n, j] = ckpt[b, c, n, d0 + j]     # h_{t0-1}
                 for j in range(nd):
-                    dtu[j] = dtv[j] * u[b, t, d0 + j]
-                for n in range(N):
-                    bn = B[b, t, n]
-                    hprev = hs[i, n]
-                    hnext = hs[i + 1, n]
-                    arow = a_bars[i, n]
-                    for j in range(nd):
-                        hnext[j] = arow[j] * hprev[j] + dtu[j] * bn
-                if softplus:                                # sigmoid(x) from e = exp(-|x|): 1/(1+e) or e/(1+e)
-                    srow = sig[i]
-                    for j in range(nd):
-                        x = delta[b, t, d0 + j] + bias[d0 + j]
-                        srow[j] = (1.0 if x >= 0.0 else srow[j]) / (1.0 + srow[j])
-            for i in range(T - 1, -1, -1):                  # reverse time: hs[i + 1] = h_t, hs[i] = h_{t-1}
-                t = t0 + i
-                dtv = dts[i]
-                for j in range(nd):
-                    uv[j] = u[b, t, d0 + j]
-                    gv[j] = dout[b, t, d0 + j]
-                    dtu[j] = dtv[j] * uv[j]
-                    du_acc[j] = 0.0
-                    ddt_acc[j] = 0.0
-                    yacc[j] = 0.0
-                if has_z:                                   # step 1: sigmoid(z) = 1 / (1 + exp(-z))
-                    for j in range(nd):
-                        sv[j] = -z[b, t, d0 + j]
-                    _exp_buffer(sv, bits64, bits32)
-                    for j in range(nd):
-                        sv[j] = 1.0 / (1.0 + sv[j])
-                        gv[j] *= z[b, t, d0 + j] * sv[j]    # dy_t = dout_t silu(z_t)
-                for j in range(nd):
-                    dDb[j] += gv[j] * uv[j]                 # step 2: dD = sum dy u
-                for n in range(N):
-                    bn = B[b, t, n]
-                    cn = C[b, t, n]
-                    lrow = lamb[n]
-                    hcur = hs[i + 1, n]
-                    hprev = hs[i, n]
-                    arow = a_bars[i, n]
-                    Arow = Ab[n]
-                    brow = tmpB[n]
-                    crow = tmpC[n]
-                    darow = dAb[n]
-                    for j in range(nd):
-                        lrow[j] += gv[j] * cn                               # step 3: lambda_t += dy_t C_t
-                        crow[j] = gv[j] * hcur[j]                           # step 4: dC_t = sum_d dy_t h_t
-                        brow[j] = lrow[j] * dtu[j]                          # step 5: dB_t = sum_d lambda_t dt u
-                    for j in range(nd):
-                        du_acc[j] += lrow[j] * bn                           # step 6: du_t = dt sum_n lambda B
-                    for j in range(nd):
-                        ah = arow[j] * hprev[j]                             # A_bar_t h_{t-1}
-                        ddt_acc[j] += lrow[j] * (bn * uv[j] + Arow[j] * ah)     # step 7
-                        darow[j] += lrow[j] * dtv[j] * ah                   # step 8
-                    for j in range(nd):
-                        lrow[j] *= arow[j]                                  # A_bar_t lambda_t, for step t-1
-                    if has_z:
+                    dDb[j] = dD_acc[b, d0 + j]
+                for i in range(T):                          # recompute Delta_t, A_bar_t, eq. (2a) in the chunk
+                    t = t0 + i
+                    dtv = dts[i]
+                    _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, sig[i], bits64, bits32)
+                    for n in range(N):
+                        arow = a_bars[i, n]
+                        Arow = Ab[n]
                         for j in range(nd):
-                            yacc[j] += cn * hcur[j]                         # y_t = C_t h_t, eq. (2b) again
-                _sum_over_channels(tmpB, nd, sB)            # sums over the block's channels
-                _sum_over_channels(tmpC, nd, sC)
-                for n in range(N):
-                    dB_part[blk, b, i, n] = sB[n]
-                    dC_part[blk, b, i, n] = sC[n]
-                for j in range(nd):
-                    du[b, t, d0 + j] = dtv[j] * du_acc[j] + Dsk[d0 + j] * gv[j]    # steps 6 and 2
-                    ddelta[b, t, d0 + j] = ddt_acc[j] * sig[i, j] if softplus else ddt_acc[j]   # step 9
-                if has_z:                                   # step 1: dz = dout y silu'(z), silu' = s (1 + z (1 - s))
+                            arow[j] = dtv[j] * Arow[j]
+                    _exp_buffer(ab_flat[i * N * nd:(i + 1) * N * nd], bits64, bits32)     # A_bar_t, eq. (4)
                     for j in range(nd):
-                        zj = z[b, t, d0 + j]
-                        yj = yacc[j] + Dsk[d0 + j] * uv[j]
-                        dz[b, t, d0 + j] = dout[b, t, d0 + j] * yj * sv[j] * (1.0 + zj * (1.0 - sv[j]))
-            for n in range(N):                              # carry lambda and the dA sums to the previous chunk
+                        dtu[j] = dtv[j] * u[b, t, d0 + j]
+                    for n in range(N):
+                        bn = B[b, t, n]
+                        hprev = hs[i, n]
+                        hnext = hs[i + 1, n]
+                        arow = a_bars[i, n]
+                        for j in range(nd):
+                            hnext[j] = arow[j] * hprev[j] + dtu[j] * bn
+                    if softplus:                            # sigmoid(x) from e = exp(-|x|): 1/(1+e) or e/(1+e)
+                        srow = sig[i]
+                        for j in range(nd):
+                            x = delta[b, t, d0 + j] + bias[d0 + j]
+                            srow[j] = (1.0 if x >= 0.0 else srow[j]) / (1.0 + srow[j])
+                for i in range(T - 1, -1, -1):              # reverse time: hs[i + 1] = h_t, hs[i] = h_{t-1}
+                    t = t0 + i
+                    dtv = dts[i]
+                    for j in range(nd):
+                        uv[j] = u[b, t, d0 + j]
+                        gv[j] = dout[b, t, d0 + j]
+                        dtu[j] = dtv[j] * uv[j]
+                        du_acc[j] = 0.0
+                        ddt_acc[j] = 0.0
+                        yacc[j] = 0.0
+                    if has_z:                               # step 1: sigmoid(z) = 1 / (1 + exp(-z))
+                        for j in range(nd):
+                            sv[j] = -z[b, t, d0 + j]
+                        _exp_buffer(sv[:nd], bits64, bits32)
+                        for j in range(nd):
+                            sv[j] = 1.0 / (1.0 + sv[j])
+                            gv[j] *= z[b, t, d0 + j] * sv[j]    # dy_t = dout_t silu(z_t)
+                    for j in range(nd):
+                        dDb[j] += gv[j] * uv[j]             # step 2: dD = sum dy u
+                    for n in range(N):
+                        bn = B[b, t, n]
+                        cn = C[b, t, n]
+                        lrow = lamb[n]
+                        hcur = hs[i + 1, n]
+                        hprev = hs[i, n]
+                        arow = a_bars[i, n]
+                        Arow = Ab[n]
+                        brow = tmpB[n]
+                        crow = tmpC[n]
+                        darow = dAb[n]
+                        for j in range(nd):
+                            lrow[j] += gv[j] * cn                           # step 3: lambda_t += dy_t C_t
+                            crow[j] = gv[j] * hcur[j]                       # step 4: dC_t = sum_d dy_t h_t
+                            brow[j] = lrow[j] * dtu[j]                      # step 5: dB_t = sum_d lambda_t dt u
+                        for j in range(nd):
+                            du_acc[j] += lrow[j] * bn                       # step 6: du_t = dt sum_n lambda B
+                        for j in range(nd):
+                            ah = arow[j] * hprev[j]                         # A_bar_t h_{t-1}
+                            ddt_acc[j] += lrow[j] * (bn * uv[j] + Arow[j] * ah)     # step 7
+                            darow[j] += lrow[j] * dtv[j] * ah               # step 8
+                        for j in range(nd):
+                            lrow[j] *= arow[j]                              # A_bar_t lambda_t, for step t-1
+                        if has_z:
+                            for j in range(nd):
+                                yacc[j] += cn * hcur[j]                     # y_t = C_t h_t, eq. (2b) again
+                    _sum_over_channels(tmpB, nd, sB)        # sums over the block's channels
+                    _sum_over_channels(tmpC, nd, sC)
+                    for n in range(N):                      # ... and over the group's blocks, in order
+                        if d0 == g0:
+                            dB_part[g, b, t, n] = sB[n]
+                            dC_part[g, b, t, n] = sC[n]
+                        else:
+                            dB_part[g, b, t, n] += sB[n]
+                            dC_part[g, b, t, n] += sC[n]
+                    for j in range(nd):
+                        du[b, t, d0 + j] = dtv[j] * du_acc[j] + Dsk[d0 + j] * gv[j]    # steps 6 and 2
+                        ddelta[b, t, d0 + j] = ddt_acc[j] * sig[i, j] if softplus else ddt_acc[j]   # step 9
+                    if has_z:                               # step 1: dz = dout y silu'(z), silu' = s (1 + z (1 - s))
+                        for j in range(nd):
+                            zj = z[b, t, d0 + j]
+                            yj = yacc[j] + Dsk[d0 + j] * uv[j]
+                            dz[b, t, d0 + j] = dout[b, t, d0 + j] * yj * sv[j] * (1.0 + zj * (1.0 - sv[j]))
+                for n in range(N):                          # carry lambda and the dA sums to the previous chunk
+                    for j in range(nd):
+                        lam[b, n, d0 + j] = lamb[n, j]
+                        dA_acc[b, n, d0 + j] = dAb[n, j]
                 for j in range(nd):
-                    lam[b, n, d0 + j] = lamb[n, j]
-                    dA_acc[b, n, d0 + j] = dAb[n, j]
-            for j in range(nd):
-                dD_acc[b, d0 + j] = dDb[j]
-        for b in range(nb):                                 # steps 4-5: add the blocks' sums, in block order
-            for i in range(T):
-                for n in range(N):
-                    sb = dB_part[0, b, i, n]
-                    sc = dC_part[0, b, i, n]
-                    for blk in range(1, n_blocks):
-                        sb += dB_part[blk, b, i, n]
-                        sc += dC_part[blk, b, i, n]
-                    dB[b, t0 + i, n] = sb
-                    dC[b, t0 + i, n] = sc
+                    dD_acc[b, d0 + j] = dDb[j]
 
 
 # The same loops compiled without threads: below PARALLEL_MIN_WORK state updates (b * L * D * N) a parallel launch
@@ -580,16 +582,20 @@ def selective_scan_backward(dy, cache):
     dz = np.empty_like(u) if has_z else np.empty((1, 1, 1), dtype)
     dA_acc = np.zeros((nb, N, Dd))                              # float64, per batch element, summed below
     dD_acc = np.zeros((nb, Dd))
-    dB = np.empty((nb, L, N), dtype)
-    dC = np.empty((nb, L, N), dtype)
+    group = min(CHANNEL_GROUP, Dd)
+    n_groups = (Dd + group - 1) // group
+    dB_part = np.empty((n_groups, nb, L, N), dtype)            # per channel group, summed below
+    dC_part = np.empty((n_groups, nb, L, N), dtype)
     kernel = _ssm_backward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_backward_serial
     kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.delta), cache.bias, cache.delta_softplus,
            cache.At, np.ascontiguousarray(cache.B), np.ascontiguousarray(cache.C), cache.D,
            np.ascontiguousarray(z) if has_z else dz, has_z, cache.ckpt, np.ascontiguousarray(dout),
-           cache.chunk, min(CHANNEL_BLOCK, Dd), du, ddelta, dz, lam, dA_acc, dD_acc, dB, dC)     # steps 1-9
+           cache.chunk, min(CHANNEL_BLOCK, Dd), group, du, ddelta, dz, lam, dA_acc, dD_acc,
+           dB_part, dC_part)                                    # steps 1-9
     return (du, ddelta,
-            dA_acc.sum(axis=0).T.astype(dtype),
-            dB, dC,
+            (dA_acc[0] if nb == 1 else dA_acc.sum(axis=0)).T.astype(dtype),
+            dB_part[0] if n_groups == 1 else dB_part.sum(axis=0),
+            dC_part[0] if n_groups == 1 else dC_part.sum(axis=0),
             dD_acc.sum(axis=0).astype(dtype) if has_D else None,
             dz if has_z else None,
             ddelta.sum(axis=(0, 1)) if has_bias else None,

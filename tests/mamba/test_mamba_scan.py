@@ -168,12 +168,12 @@ def test_checkpoint_interval_does_not_change_results(rng, chunk):
 
 @pytest.mark.parametrize("L", [1, 2, 7, 33, 100])
 def test_any_chunk_gives_identical_results_threaded(rng, monkeypatch, L):
-    """The threaded build (several channel blocks, partial last block), odd L and L = 1: chunk = 1, every
+    """The threaded build (two channel groups, partial last block), odd L and L = 1: chunk = 1, every
     divisor and non-divisor, L and the adaptive choice all give bit-identical outputs and gradients, and
     these match the float64 reference."""
     import scratch_transformers.mamba.scan as S
     monkeypatch.setattr(S, "PARALLEL_MIN_WORK", 0)
-    nb, Dd, N = 2, S.CHANNEL_BLOCK + 5, 3
+    nb, Dd, N = 2, S.CHANNEL_GROUP + S.CHANNEL_BLOCK + 5, 3        # 2 groups, the last of 2 blocks (32 + 5)
     kw = make(rng, nb, L, Dd, N)
     dout = rng.standard_normal((nb, L, Dd))
     dh_last = rng.standard_normal((nb, Dd, N))

@@ -6,7 +6,8 @@ Two forwards and one backward, each a numba loop nest that reads beside the pape
   blocks Q_i (each one independent work for ``prange``), inner loop over key/value blocks K_j, V_j,
   running row max m and row sum l, rescaling of the unnormalised accumulator, one division at the
   end, and the row log-sum-exp L = m + log(l) saved for the backward. With the scale tau, masking,
-  bias and dropout of FA-1 Algorithm 2 (App. B.3).
+  bias and dropout of FA-1 Algorithm 2 (App. B.3). Its tiles are stored key-major (S_ij^T, O~_i^T), so
+  every inner loop runs along the B_r = 512 queries of the block (see ``_fa2_forward_kernel``).
 - ``flash_attention_fa1_forward``: FA-1 Algorithm 1 as printed (outer loop over K_j, V_j; O_i, l_i,
   m_i read from and written back to "HBM" on every inner step), with Algorithm 2's extras. Tested
   equal to the FA-2 kernel; it returns the paper's (O, l, m).
@@ -21,6 +22,7 @@ Glossary (code -> paper, see derivations/flashattention.md and the paper sheet ย
     scale               tau                softmax scale, default 1/sqrt(d)
     block_q, block_k    B_r, B_c           tile rows of Q and of K/V; T_r, T_c = ceil(N / B)
     s                   S_ij               score tile tau Q_i K_j^T + bias, -inf where masked
+    st, acc_t           S_ij^T, O~_i^T     the FA-2 forward's key-major tiles: st[c, r] = S_ij[r, c]
     m, l                m_i, l_i           running row max and row sum of exp(S - m)
     acc                 O~_i (FA-2)        unnormalised output accumulator
     lse                 L_i (FA-2)         m + log(l); -inf for a row that sees no key
@@ -216,51 +218,6 @@ def _mm_acc_ab(p, b, rows, inner, cols, out):
             c += 1
 
 
-@njit(cache=True)
-def _row_max(x, n):
-    """max(x[:n]), n >= 1, with 8 independent running maxima (a single chain waits on every compare).
-    They start from x's own entries, so the comparisons stay in x's dtype (a float64 -inf start would
-    turn every float32 compare into a float64 one: measured 1.7x slower)."""
-    if n < 8:
-        m = x[0]
-        for c in range(1, n):
-            m = max(m, x[c])
-        return m
-    m0, m1, m2, m3, m4, m5, m6, m7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
-    c = 8
-    while c + 8 <= n:
-        m0, m1, m2, m3 = max(m0, x[c]), max(m1, x[c + 1]), max(m2, x[c + 2]), max(m3, x[c + 3])
-        m4, m5, m6, m7 = max(m4, x[c + 4]), max(m5, x[c + 5]), max(m6, x[c + 6]), max(m7, x[c + 7])
-        c += 8
-    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-    while c < n:
-        m = max(m, x[c])
-        c += 1
-    return m
-
-
-@njit(cache=True)
-def _row_sum(x, n):
-    """sum(x[:n]), n >= 1, with 8 independent partial sums started from x's own entries (same ideas;
-    the order of additions changes the result only by rounding)."""
-    if n < 8:
-        s = x[0]
-        for c in range(1, n):
-            s += x[c]
-        return s
-    s0, s1, s2, s3, s4, s5, s6, s7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
-    c = 8
-    while c + 8 <= n:
-        s0, s1, s2, s3 = s0 + x[c], s1 + x[c + 1], s2 + x[c + 2], s3 + x[c + 3]
-        s4, s5, s6, s7 = s4 + x[c + 4], s5 + x[c + 5], s6 + x[c + 6], s7 + x[c + 7]
-        c += 8
-    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    while c < n:
-        s += x[c]
-        c += 1
-    return s
-
-
 _F32 = np.float32
 _LOG2E_32, _LN2_HI_32, _LN2_LO_32 = _F32(1.4426950408889634), _F32(0.693359375), _F32(-2.12194440e-4)
 _EXP_MIN_32, _MAGIC_32, _HALF_32 = _F32(-87.0), _F32(8388735.0), _F32(0.5)       # 2^23 + 127
@@ -349,22 +306,46 @@ def _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kp
 # ----------------------------------------------------------------------------------------------
 # FA-2 forward
 
+@njit(cache=True)
+def _mask_tile_t(st, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm, need_causal):
+    """``_mask_tile`` for a key-major tile st[c, r] = S[r0 + r, c0 + c] (the FA-2 forward's layout)."""
+    for c in range(bc):
+        j = c0 + c
+        if has_bias:
+            col = b * bst[0] + h * bst[1] + j * bst[3]
+            for r in range(br):
+                st[c, r] += bias[col + (r0 + r) * bst[2]]
+        if has_kpm and kpm[b, j]:
+            for r in range(br):
+                st[c, r] = -np.inf
+        if need_causal:
+            for r in range(min(br, max(0, j - offset - r0))):      # queries i < j - offset
+                st[c, r] = -np.inf
+
+
 @njit(cache=True, parallel=True)
-def _fa2_forward_kernel(q, kt, v, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed, threshold,
+def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed, threshold,
                         zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, out, lse):
+    """FA-2 Algorithm 1 with its tiles stored key-major: st[c, r] holds S_ij[r, c], acc_t[t, r] holds
+    O~_i[r, t]. The algorithm is unchanged; the layout puts the B_r queries of the block on the
+    contiguous axis, so the running max and sum of line 9 and the rescaling of line 10 are element-wise
+    loops over the queries (no row reductions) and both tile products run along B_r (``_mm_abt``)."""
     n_b, n_h, n_q, d = q.shape
-    n_k, d_v = kt.shape[3], v.shape[3]                           # kt: K^T per head, (B, H, d, Nk)
+    n_k, d_v = k.shape[2], v.shape[3]
     t_r = (n_q + block_q - 1) // block_q
     n_items = n_b * n_h * t_r
     for w in prange(n_workers):                                  # FA-2 ยง3.2: workers own row blocks
-        q_t = np.empty((block_q, d), q.dtype)                    # "SRAM" of this worker
-        kt_t = np.empty((d, block_k), q.dtype)
-        v_t = np.empty((block_k, d_v), q.dtype)
-        s = np.empty((block_q, block_k), q.dtype)
-        acc = np.empty((block_q, d_v), q.dtype)
-        m = np.empty(block_q, q.dtype)
-        l = np.empty(block_q, q.dtype)
-        tbuf = np.empty(block_k, q.dtype)
+        qt_t = np.empty((d, block_q), q.dtype)                   # "SRAM" of this worker: (tau Q_i)^T
+        k_t = np.empty((block_k, d), q.dtype)                    # K_j
+        vt_t = np.empty((d_v, block_k), q.dtype)                 # V_j^T
+        st = np.empty((block_k, block_q), q.dtype)               # S_ij^T, then P~_ij^T
+        acc_t = np.empty((d_v, block_q), q.dtype)                # O~_i^T
+        m = np.empty(block_q, q.dtype)                           # m_i
+        m_new = np.empty(block_q, q.dtype)
+        shift = np.empty(block_q, q.dtype)                       # m_new, or 0 where it is still -inf
+        alpha = np.empty(block_q, q.dtype)                       # e^{m_old - m_new}
+        l = np.empty(block_q, q.dtype)                           # l_i
+        tbuf = np.empty(block_q, q.dtype)
         for item in range(w, n_items, n_workers):               # round robin: balanced under causal
             b = item // (n_h * t_r)
             h = (item // t_r) % n_h
@@ -372,50 +353,58 @@ def _fa2_forward_kernel(q, kt, v, scale, offset, bias, bst, has_bias, kpm, has_k
             br = min(block_q, n_q - r0)
             for r in range(br):                                  # line 4: load Q_i (times tau)
                 for t in range(d):
-                    q_t[r, t] = q[b, h, r0 + r, t] * scale
+                    qt_t[t, r] = q[b, h, r0 + r, t] * scale
             for r in range(br):                                  # line 5: O~ = 0, l = 0, m = -inf
                 m[r] = -np.inf
                 l[r] = 0.0
-                for t in range(d_v):
-                    acc[r, t] = 0.0
+            for t in range(d_v):
+                for r in range(br):
+                    acc_t[t, r] = 0.0
             last_key = min(n_k - 1, r0 + br - 1 + offset)        # causal: later key blocks skipped
             for c0 in range(0, last_key + 1, block_k):           # line 6: for j in 1..T_c
                 bc = min(block_k, n_k - c0)
-                for t in range(d):                               # line 7: load K_j^T (rows of K^T) ...
-                    for c in range(bc):
-                        kt_t[t, c] = kt[b, h, t, c0 + c]
-                for c in range(bc):                              # ... and V_j
+                for c in range(bc):                              # line 7: load K_j, V_j
+                    for t in range(d):
+                        k_t[c, t] = k[b, h, c0 + c, t]
                     for t in range(d_v):
-                        v_t[c, t] = v[b, h, c0 + c, t]
-                _mm_abt(q_t, kt_t, br, bc, d, s, False)          # line 8: S = tau Q_i K_j^T
-                _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
-                           c0 + bc - 1 > r0 + offset)            # only diagonal tiles need the mask
+                        vt_t[t, c] = v[b, h, c0 + c, t]
+                _mm_abt(k_t, qt_t, bc, br, d, st, False)         # line 8: S^T = K_j (tau Q_i)^T
+                _mask_tile_t(st, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
+                             c0 + bc - 1 > r0 + offset)          # only diagonal tiles need the mask
+                for r in range(br):                              # line 9: m = max(m_old, rowmax S)
+                    m_new[r] = m[r]
+                for c in range(bc):
+                    for r in range(br):
+                        m_new[r] = max(m_new[r], st[c, r])
+                for r in range(br):                              # a row that sees no key yet keeps
+                    shift[r] = m_new[r] if m_new[r] > -np.inf else 0.0   # m = -inf; exp(-inf - 0) = 0
+                    alpha[r] = m[r] - shift[r]
+                    m[r] = m_new[r]
+                _exp_row(alpha, br, tbuf)                        # e^{m_old - m_new} (0 if m_old = -inf)
                 for r in range(br):
-                    m_new = max(m[r], _row_max(s[r], bc))        # line 9: m = max(m_old, rowmax S)
-                    if m_new == -np.inf:                         # row sees no key yet: P~ row = 0
-                        for c in range(bc):
-                            s[r, c] = 0.0
-                        continue
-                    alpha = np.exp(m[r] - m_new)                 # e^{m_old - m_new} (0 if m_old = -inf)
-                    m[r] = m_new
-                    l_r = l[r] * alpha
-                    for t in range(d_v):                         # line 10: diag(alpha) O~ ...
-                        acc[r, t] *= alpha
+                    l[r] *= alpha[r]
+                for c in range(bc):
+                    for r in range(br):
+                        st[c, r] -= shift[r]
+                    _exp_row(st[c], br, tbuf)                    # line 9: P~ = exp(S - m)
+                    for r in range(br):
+                        l[r] += st[c, r]                         # line 9: l += rowsum P~ (undropped)
+                if has_dropout:                                  # Alg. 2 line 14: P~ o Z
                     for c in range(bc):
-                        s[r, c] -= m_new
-                    _exp_row(s[r], bc, tbuf)                     # line 9: P~ = exp(S - m)
-                    l[r] = l_r + _row_sum(s[r], bc)              # line 9: l += rowsum P~ (undropped)
-                    if has_dropout:                              # Alg. 2 line 14: P~ o Z
-                        base = ((b * n_h + h) * n_q + r0 + r) * n_k + c0
-                        for c in range(bc):
-                            keep = _kept(zmask, zst, has_zmask, b, h, r0 + r, c0 + c, seed, base + c, threshold)
-                            s[r, c] = s[r, c] * inv_keep if keep else 0.0
-                _mm_acc_ab(s, v_t, br, bc, d_v, acc)             # line 10: ... + P~ V_j
+                        for r in range(br):
+                            i = r0 + r
+                            keep = _kept(zmask, zst, has_zmask, b, h, i, c0 + c, seed,
+                                         ((b * n_h + h) * n_q + i) * n_k + c0 + c, threshold)
+                            st[c, r] = st[c, r] * inv_keep if keep else 0.0
+                for t in range(d_v):                             # line 10: diag(alpha) O~ ...
+                    for r in range(br):
+                        acc_t[t, r] *= alpha[r]
+                _mm_abt(vt_t, st, d_v, br, bc, acc_t, True)      # line 10: ... + P~ V_j  (as V_j^T P~^T)
             for r in range(br):                                  # lines 12-15
                 if l[r] > 0.0:
                     inv_l = 1.0 / l[r]
                     for t in range(d_v):
-                        out[b, h, r0 + r, t] = acc[r, t] * inv_l  # line 12: O_i = diag(l)^-1 O~
+                        out[b, h, r0 + r, t] = acc_t[t, r] * inv_l   # line 12: O_i = diag(l)^-1 O~
                     lse[b, h, r0 + r] = m[r] + np.log(l[r])      # line 13: L_i = m + log(l)
                 else:                                            # fully masked row
                     for t in range(d_v):
@@ -596,8 +585,12 @@ class FlashCache(NamedTuple):
     dropout_p: float
     dropout_seed: int             # the counter-based generator's seed (the whole "RNG state" R)
     dropout_mask: np.ndarray | None   # an explicit keep-mask given instead of a seed (else None)
-    block_q: int                  # B_r
-    block_k: int                  # B_c
+    block_q: int                  # B_r of the backward
+    block_k: int                  # B_c of the backward
+
+
+FORWARD_BLOCKS = (512, 128)      # (B_r, B_c) of the FA-2 forward: float32, d = 64, N = 8192, 2 cores,
+BACKWARD_BLOCKS = (64, 512)      # interleaved runs against (512, 64) / (256, 256) and (64, 256) / (128, 512)
 
 
 def _n_workers(n_items: int) -> int:
@@ -663,7 +656,7 @@ def _dropout_args(dtype, dropout_p, dropout_seed, dropout_mask):
 
 def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
                             key_padding_mask=None, dropout_p=0.0, dropout_seed=None, rng=None,
-                            block_q=64, block_k=512, dropout_mask=None):
+                            block_q=None, block_k=None, dropout_mask=None):
     """FlashAttention forward in the FA-2 loop order (FA-2 Algorithm 1 + FA-1 Algorithm 2's extras).
 
     O = dropout(softmax(MASK(tau Q K^T + bias))) V, computed tile by tile with the online softmax
@@ -676,16 +669,20 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     bias (broadcastable to (B, H, Nq, Nk), same dtype), key_padding_mask ((B, Nk) bool, True =
     padded): as ``attention.reference.attention_forward``. dropout_p with dropout_seed (int; or
     rng, from which a seed is drawn): counter-based dropout, see the module docstring.
-    block_q, block_k: B_r and B_c, any positive ints (N need not be a multiple); default 64 x 512
-    (float32, d = 64, N = 8192 on 2 cores: forward ~13% and forward+backward ~8% faster than 64 x 128;
-    the backward reuses the forward's blocks. Per-worker tiles stay O(B_r B_c + B_c d)).
+    block_q, block_k: B_r and B_c, any positive ints (N need not be a multiple), used by this forward
+    and by the backward of its cache; None (each independently) = each kernel's own default:
+    FORWARD_BLOCKS = (512, 128) here (key-major tiles: the long axis is B_r) and BACKWARD_BLOCKS =
+    (64, 512) in the backward (its long axis is B_c). Per-worker tiles stay O(B_r B_c + (B_r + B_c) d).
     dropout_mask: optional explicit boolean keep-mask broadcastable to (B, H, Nq, Nk), used instead of
     the generator (a drop-in for the reference's option; it is an N x N input the caller made).
 
     Returns out (B, H, Nq, dv) in the input dtype and a FlashCache (cache.lse: (B, H, Nq)).
     """
     a = _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask,
-                 dropout_seed, rng, block_q, block_k)
+                 dropout_seed, rng, FORWARD_BLOCKS[0] if block_q is None else block_q,
+                 FORWARD_BLOCKS[1] if block_k is None else block_k)
+    backward_blocks = (BACKWARD_BLOCKS[0] if block_q is None else a["block_q"],
+                       BACKWARD_BLOCKS[1] if block_k is None else a["block_k"])
     q, k, v = a["q"], a["k"], a["v"]
     n_b, n_h, n_q, _ = q.shape
     out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)
@@ -693,14 +690,13 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["dropout_mask"])
     n_items = n_b * n_h * -(-n_q // a["block_q"])
     with np.errstate(over="ignore"):   # splitmix64 wraps around uint64 on purpose (NUMBA_DISABLE_JIT=1)
-        kt = np.ascontiguousarray(np.swapaxes(k, 2, 3))                  # K^T once per call: (B, H, d, Nk)
-        _fa2_forward_kernel(q, kt, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
+        _fa2_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
                             a["kpm"], a["key_padding_mask"] is not None, *drop,
                             a["block_q"], a["block_k"], _n_workers(n_items), out, lse)
     cache = FlashCache(q=q, k=k, v=v, out=out, lse=lse, scale=a["scale"], offset=a["offset"], bias=a["bias"],
                        key_padding_mask=a["key_padding_mask"], dropout_p=a["dropout_p"],
-                       dropout_seed=a["dropout_seed"], dropout_mask=a["dropout_mask"], block_q=a["block_q"],
-                       block_k=a["block_k"])
+                       dropout_seed=a["dropout_seed"], dropout_mask=a["dropout_mask"], block_q=backward_blocks[0],
+                       block_k=backward_blocks[1])
     return out, cache
 
 

@@ -661,8 +661,7 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
 
     O = dropout(softmax(MASK(tau Q K^T + bias))) V, computed tile by tile with the online softmax
     (FA-1 §3.1): per query block, running max m, running sum l, rescaled accumulator, one final
-    division, L = m + log l. Memory beyond inputs and output: O(Nq) for L, one transposed copy of K
-    (O(Nk d)) and per-worker tiles.
+    division, L = m + log l. Memory beyond inputs and output: O(Nq) for L and per-worker tiles.
 
     q: (B, H, Nq, d), k: (B, H, Nk, d), v: (B, H, Nk, dv), all float32 or all float64.
     scale: tau, default 1/sqrt(d). causal, causal_alignment ("top_left" | "bottom_right"),

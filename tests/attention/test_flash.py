@@ -98,6 +98,21 @@ def test_block_size_sweep(rng, bq, bk):
     compare(rng, 1, 2, 29, 29, 8, block_q=bq, block_k=bk, causal=True, pad=True, bias_shape=(2, 29, 29))
 
 
+def test_default_blocks_each_kernel_its_own_and_explicit_blocks_reach_the_backward(rng):
+    from scratch_transformers.attention.flash import BACKWARD_BLOCKS, FORWARD_BLOCKS
+
+    # N = 600 > 512: two query blocks in the forward, ragged key blocks in both kernels
+    opts = dict(causal=True, bias_shape=(2, 600, 600), pad=True)
+    _, cache, grads = compare(rng, 1, 2, 600, 600, 8, block_q=None, block_k=None, **opts)
+    assert (cache.block_q, cache.block_k) == BACKWARD_BLOCKS and FORWARD_BLOCKS == (512, 128)
+    q, k, v = make(rng, 1, 2, 50, 50, 8)
+    out_default, _ = flash_attention_forward(q, k, v, causal=True)
+    out_explicit, _ = flash_attention_forward(q, k, v, causal=True, block_q=FORWARD_BLOCKS[0], block_k=FORWARD_BLOCKS[1])
+    assert np.array_equal(out_default, out_explicit)
+    _, cache = flash_attention_forward(q, k, v, block_q=3)          # one given, the other each kernel's default
+    assert (cache.block_q, cache.block_k) == (3, BACKWARD_BLOCKS[1])
+
+
 def test_float32_within_1e5(rng):
     for opts in (dict(), dict(causal=True, pad=True, bias_shape=(2, 1, 100))):
         compare(rng, 2, 2, 100, 100, 32, block_q=32, block_k=24, tol=1e-5, dtype=np.float32, **opts)

@@ -347,7 +347,7 @@ def test_memory_is_linear_not_quadratic(rng):
 
 
 def test_vectorisable_exp_matches_numpy_to_1_ulp(rng):
-    from scratch_transformers.attention.flash import _exp_row
+    from scratch_transformers.attention.tiles import _exp_row
 
     x = np.concatenate([-rng.random(20000) * 50, -rng.random(2000) * 800, [0.0, -0.0, 1e-16, -1e-300, -np.inf,
                                                                          -707.9, -708.5, -745.0]])

@@ -23,12 +23,16 @@ Per batch element, channel d and state n (all products elementwise because A is 
 
 Like the paper's hardware-aware kernel (Sec. 3.3, App. D) the (b, L, D, N) tensors h, A_bar, B_bar are never
 materialised: the forward keeps the inputs and the state at every ``chunk``-th step (a checkpoint of
-b * ceil(L/chunk) * D * N numbers); the backward recomputes the states of one chunk at a time and runs the
-reverse-time adjoint recurrence lambda_t = dy_t C_t + A_bar_{t+1} * lambda_{t+1} (derivations/mamba.md#adjoint).
-Work is split with ``prange`` over (batch, block of 64 channels) in both directions (B and C are shared by all
-channels, so their gradients are summed over a block without races, then over blocks); problems with fewer than
-PARALLEL_MIN_WORK state updates run a serial build of the same loops. The kernels compute in the inputs' dtype.
-Everything elementwise over (b, L, D) (softplus, the gate, their derivatives) is NumPy around the kernels.
+b * ceil(L/chunk) * D * N numbers; by default chunk = adaptive_chunk(L, D), about sqrt(L)); the backward
+recomputes Delta, A_bar and the states of one chunk at a time and runs the reverse-time adjoint recurrence
+lambda_t = dy_t C_t + A_bar_{t+1} * lambda_{t+1} (derivations/mamba.md#adjoint). Delta = softplus(delta + bias) is
+computed inside both kernels (vectorised exp and log1p), so no (b, L, D) Delta is stored either.
+Both kernels split work with ``prange`` over (batch, group of 128 channels); the backward walks a group's
+blocks of 32 channels one after the other (B and C are shared by all channels, so
+their gradients are summed over a block, then over a group's blocks, then over groups, in a fixed order, without
+races). Results depend neither on the thread count nor on the chunk. Problems with fewer than PARALLEL_MIN_WORK
+state updates run a serial build of the same loops. The kernels compute in the inputs' dtype; only the forward's
+gate and the sums over batch elements are NumPy around the kernels.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ from numba import get_num_threads, njit, prange
 
 from ..core import validate
 
-CHANNEL_BLOCK = 32   # channels per block (forward work item; backward inner loop); fixed so that results do
-CHANNEL_GROUP = 128  # not depend on the thread count. Backward work item: a group of 128 channels, 4 blocks
+CHANNEL_GROUP = 128  # channels per work item (both directions); fixed so that results do not depend on threads
+CHANNEL_BLOCK = 32   # the backward walks its group in blocks of 32 channels (the chunk's scratch is per block)
 
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01    # ln 2 split in two so that k * _LN2_HI is exact for |k| < 2^11
@@ -144,21 +148,36 @@ def _exp_buffer(x, bits64, bits32):
         _exp_inplace_f32(x, bits32[:x.size])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _softplus_tail(x, e, nd):
     """x[j] <- softplus(x[j]) = max(x, 0) + log1p(e[j]) for j < nd, given e[j] = exp(-|x[j]|) in [0, 1].
 
     log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...) with s = e / (2 + e) in [0, 1/3]: a vectorisable
     polynomial (a libm log1p per element is not), accurate also for tiny e (no 1 + e is formed). float64: terms
-    up to s^32/33 (truncation < 2e-18 relative); float32: up to s^14/15 (< 2e-9).
+    up to s^32/33 (truncation < 2e-18 relative); float32: up to s^14/15 (< 2e-9). error_model="numpy": no
+    Python zero-division check in the loop (2 + e > 0 anyway), which would block vectorisation.
     """
     if x.itemsize == 8:
         for j in range(nd):
             s = e[j] / (2.0 + e[j])
             s2 = s * s
             p = 1.0 / 33.0
-            for k in range(15, -1, -1):                     # Horner in s^2: 1/31, 1/29, ..., 1/3, 1
-                p = p * s2 + 1.0 / (2 * k + 1)
+            p = p * s2 + 1.0 / 31.0
+            p = p * s2 + 1.0 / 29.0
+            p = p * s2 + 1.0 / 27.0
+            p = p * s2 + 1.0 / 25.0
+            p = p * s2 + 1.0 / 23.0
+            p = p * s2 + 1.0 / 21.0
+            p = p * s2 + 1.0 / 19.0
+            p = p * s2 + 1.0 / 17.0
+            p = p * s2 + 1.0 / 15.0
+            p = p * s2 + 1.0 / 13.0
+            p = p * s2 + 1.0 / 11.0
+            p = p * s2 + 1.0 / 9.0
+            p = p * s2 + 1.0 / 7.0
+            p = p * s2 + 1.0 / 5.0
+            p = p * s2 + 1.0 / 3.0
+            p = p * s2 + 1.0
             v = x[j]
             x[j] = (v if v > 0.0 else 0.0) + 2.0 * s * p
     else:
@@ -193,13 +212,14 @@ def _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, e, bits64, bits32):
         _softplus_tail(dtv, e, nd)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _ssm_forward_kernel(u, delta, bias, softplus, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt):
     """Algorithm 2 line 6 (recurrent mode): y_t = C_t h_t + D u_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t.
 
     One work item = one batch element and one block of channels d0 .. d0+nd-1; the state of the block is held
     as h[n, j] (state n of channel d0 + j) so that every inner loop runs over channels and vectorises (the loops
-    read only 1-D contiguous rows of local buffers). Arithmetic is in the inputs' precision.
+    read only 1-D contiguous rows of local buffers). Arithmetic is in the inputs' precision. Both kernels use
+    error_model="numpy" (IEEE division, no Python zero-division check, which would block vectorisation).
     """
     nb, L, D = u.shape
     N = At.shape[0]
@@ -234,19 +254,15 @@ def _ssm_forward_kernel(u, delta, bias, softplus, At, B, C, Dsk, h0, chunk, bloc
                 dtu[j] = dtv[j] * uv[j]                     # B_bar u = Delta u B (Euler, as the reference code)
                 acc[j] = 0.0
             for n in range(N):
-                arow = a_bar[n]
-                Arow = Ab[n]
                 for j in range(nd):
-                    arow[j] = dtv[j] * Arow[j]              # line 5: Delta A
+                    a_bar[n, j] = dtv[j] * Ab[n, j]         # line 5: Delta A
             _exp_buffer(a_flat, bits64, bits32)             # eq. (4): A_bar = exp(Delta A)
             for n in range(N):
                 bn = B[b, t, n]
                 cn = C[b, t, n]
-                hrow = h[n]
-                arow = a_bar[n]
                 for j in range(nd):
-                    hv = arow[j] * hrow[j] + dtu[j] * bn    # eq. (2a): h_t = A_bar h_{t-1} + B_bar x_t
-                    hrow[j] = hv
+                    hv = a_bar[n, j] * h[n, j] + dtu[j] * bn    # eq. (2a): h_t = A_bar h_{t-1} + B_bar x_t
+                    h[n, j] = hv
                     acc[j] += cn * hv                       # eq. (2b): y_t = C_t h_t
             for j in range(nd):
                 y[b, t, d0 + j] = acc[j] + Dsk[d0 + j] * uv[j]     # skip connection D u
@@ -266,7 +282,7 @@ def _sum_over_channels(tmp, nd, out):
             out[n] += tmp[n, j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt, dout, chunk, block, group,
                          du, ddelta, dz, lam, dA_acc, dD_acc, dB_part, dC_part):
     """Reverse-time adjoint of _ssm_forward_kernel (derivations/mamba.md#adjoint, steps 1-9).
@@ -312,6 +328,7 @@ def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt
         tmpC = np.empty((N, block), u.dtype)
         uv = np.empty(block, u.dtype)
         gv = np.empty(block, u.dtype)
+        dtv = np.empty(block, u.dtype)
         dtu = np.empty(block, u.dtype)
         du_acc = np.empty(block, u.dtype)
         ddt_acc = np.empty(block, u.dtype)
@@ -335,32 +352,25 @@ def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt
                     dDb[j] = dD_acc[b, d0 + j]
                 for i in range(T):                          # recompute Delta_t, A_bar_t, eq. (2a) in the chunk
                     t = t0 + i
-                    dtv = dts[i]
-                    _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, sig[i], bits64, bits32)
+                    _load_dt(delta, bias, softplus, b, t, d0, nd, dts[i], sig[i], bits64, bits32)
                     for n in range(N):
-                        arow = a_bars[i, n]
-                        Arow = Ab[n]
                         for j in range(nd):
-                            arow[j] = dtv[j] * Arow[j]
+                            a_bars[i, n, j] = dts[i, j] * Ab[n, j]
                     _exp_buffer(ab_flat[i * N * nd:(i + 1) * N * nd], bits64, bits32)     # A_bar_t, eq. (4)
                     for j in range(nd):
-                        dtu[j] = dtv[j] * u[b, t, d0 + j]
+                        dtu[j] = dts[i, j] * u[b, t, d0 + j]
                     for n in range(N):
                         bn = B[b, t, n]
-                        hprev = hs[i, n]
-                        hnext = hs[i + 1, n]
-                        arow = a_bars[i, n]
                         for j in range(nd):
-                            hnext[j] = arow[j] * hprev[j] + dtu[j] * bn
+                            hs[i + 1, n, j] = a_bars[i, n, j] * hs[i, n, j] + dtu[j] * bn
                     if softplus:                            # sigmoid(x) from e = exp(-|x|): 1/(1+e) or e/(1+e)
-                        srow = sig[i]
                         for j in range(nd):
                             x = delta[b, t, d0 + j] + bias[d0 + j]
-                            srow[j] = (1.0 if x >= 0.0 else srow[j]) / (1.0 + srow[j])
+                            sig[i, j] = (1.0 if x >= 0.0 else sig[i, j]) / (1.0 + sig[i, j])
                 for i in range(T - 1, -1, -1):              # reverse time: hs[i + 1] = h_t, hs[i] = h_{t-1}
                     t = t0 + i
-                    dtv = dts[i]
                     for j in range(nd):
+                        dtv[j] = dts[i, j]
                         uv[j] = u[b, t, d0 + j]
                         gv[j] = dout[b, t, d0 + j]
                         dtu[j] = dtv[j] * uv[j]
@@ -379,29 +389,21 @@ def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt
                     for n in range(N):
                         bn = B[b, t, n]
                         cn = C[b, t, n]
-                        lrow = lamb[n]
-                        hcur = hs[i + 1, n]
-                        hprev = hs[i, n]
-                        arow = a_bars[i, n]
-                        Arow = Ab[n]
-                        brow = tmpB[n]
-                        crow = tmpC[n]
-                        darow = dAb[n]
                         for j in range(nd):
-                            lrow[j] += gv[j] * cn                           # step 3: lambda_t += dy_t C_t
-                            crow[j] = gv[j] * hcur[j]                       # step 4: dC_t = sum_d dy_t h_t
-                            brow[j] = lrow[j] * dtu[j]                      # step 5: dB_t = sum_d lambda_t dt u
+                            lamb[n, j] += gv[j] * cn                           # step 3: lambda_t += dy_t C_t
+                            tmpC[n, j] = gv[j] * hs[i + 1, n, j]                       # step 4: dC_t = sum_d dy_t h_t
+                            tmpB[n, j] = lamb[n, j] * dtu[j]                      # step 5: dB_t = sum_d lambda_t dt u
                         for j in range(nd):
-                            du_acc[j] += lrow[j] * bn                       # step 6: du_t = dt sum_n lambda B
+                            du_acc[j] += lamb[n, j] * bn                       # step 6: du_t = dt sum_n lambda B
                         for j in range(nd):
-                            ah = arow[j] * hprev[j]                         # A_bar_t h_{t-1}
-                            ddt_acc[j] += lrow[j] * (bn * uv[j] + Arow[j] * ah)     # step 7
-                            darow[j] += lrow[j] * dtv[j] * ah               # step 8
+                            ah = a_bars[i, n, j] * hs[i, n, j]                         # A_bar_t h_{t-1}
+                            ddt_acc[j] += lamb[n, j] * (bn * uv[j] + Ab[n, j] * ah)     # step 7
+                            dAb[n, j] += lamb[n, j] * dtv[j] * ah               # step 8
                         for j in range(nd):
-                            lrow[j] *= arow[j]                              # A_bar_t lambda_t, for step t-1
+                            lamb[n, j] *= a_bars[i, n, j]                              # A_bar_t lambda_t, for step t-1
                         if has_z:
                             for j in range(nd):
-                                yacc[j] += cn * hcur[j]                     # y_t = C_t h_t, eq. (2b) again
+                                yacc[j] += cn * hs[i + 1, n, j]                     # y_t = C_t h_t, eq. (2b) again
                     _sum_over_channels(tmpB, nd, sB)        # sums over the block's channels
                     _sum_over_channels(tmpC, nd, sC)
                     for n in range(N):                      # ... and over the group's blocks, in order
@@ -439,23 +441,26 @@ def _serial_build(kernel, name):
     g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
     g.__qualname__ = name
     g.__doc__ = f.__doc__
-    return njit(cache=True)(g)
+    return njit(cache=True, error_model="numpy")(g)
 
 
 _ssm_forward_serial = _serial_build(_ssm_forward_kernel, "_ssm_forward_serial")
 _ssm_backward_serial = _serial_build(_ssm_backward_kernel, "_ssm_backward_serial")
 
 
-def adaptive_chunk(L, D):
-    """The checkpoint interval used when ``chunk=None``: ceil(sqrt(L D / (2 * threads * block))), at most L.
+def adaptive_chunk(L, D, batch=1):
+    """The checkpoint interval used when ``chunk=None``: ceil(sqrt(batch L D / (2 workers block))), in [1, L].
 
-    The backward holds the checkpoints, ceil(L / chunk) * D * N numbers per batch element, and, per running
-    thread, the recomputed states and A_bar of one chunk and one channel block, 2 * chunk * N * block numbers.
-    Their sum is smallest at chunk = sqrt(L D / (2 * threads * block)) (and then grows like sqrt(L), not L).
-    Results do not depend on the chunk (test_any_chunk_gives_identical_results), so neither on the thread count.
+    The backward holds the checkpoints, batch * ceil(L / chunk) * D * N numbers, and, per running work item
+    (workers = min(threads, batch * channel groups) of them), the recomputed states and A_bar of one chunk and one
+    channel block, 2 * chunk * N * block numbers. Their sum is smallest at the chunk above (it then grows like
+    sqrt(L), not like L). Results do not depend on the chunk (test_any_chunk_gives_identical_results_threaded),
+    hence neither on the thread count.
     """
     block = min(CHANNEL_BLOCK, D)
-    return int(min(L, max(1, np.ceil(np.sqrt(L * D / (2.0 * get_num_threads() * block))))))
+    n_groups = -(-D // min(CHANNEL_GROUP, D))
+    workers = max(1, min(get_num_threads(), batch * n_groups))
+    return int(min(L, max(1, np.ceil(np.sqrt(batch * L * D / (2.0 * workers * block))))))
 
 
 class ScanCache(NamedTuple):
@@ -516,7 +521,7 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     z: (b, L, D) or None (gate out = y * silu(z)); h0: (b, D, N) initial state or None (zeros).
     dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias.
     chunk: checkpoint the state every ``chunk`` steps (memory b*ceil(L/chunk)*D*N, the backward recomputes the
-    rest); None picks adaptive_chunk(L, D), about sqrt(L). Results are identical for every chunk.
+    rest); None picks adaptive_chunk(L, D, b), about sqrt(L). Results are identical for every chunk.
 
     Returns ((out (b, L, D), h_last (b, D, N)), cache); out and h_last have the dtype of u.
     """
@@ -524,7 +529,7 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     if not isinstance(delta_softplus, (bool, np.bool_)):
         validate.fail("delta_softplus", "a bool", repr(delta_softplus))
     nb, L, Dd = u.shape
-    chunk = adaptive_chunk(L, Dd) if chunk is None else validate.positive_int(chunk, "chunk")
+    chunk = adaptive_chunk(L, Dd, nb) if chunk is None else validate.positive_int(chunk, "chunk")
     N = A.shape[1]
     dtype = u.dtype
     has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
@@ -537,7 +542,7 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     ckpt = np.empty((nb, (L + chunk - 1) // chunk, N, Dd), dtype)               # (b, n_chunks, N, D)
     kernel = _ssm_forward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_forward_serial
     kernel(np.ascontiguousarray(u), np.ascontiguousarray(delta), bias, bool(delta_softplus), At,
-           np.ascontiguousarray(B), np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_BLOCK, Dd),
+           np.ascontiguousarray(B), np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_GROUP, Dd),
            y, h_last, ckpt)
     out = y
     if z is not None:

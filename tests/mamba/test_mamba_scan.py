@@ -183,7 +183,7 @@ def test_any_chunk_gives_identical_results_threaded(rng, monkeypatch, L):
     chunks = sorted({2, 3, max(1, L // 2), L - 1 if L > 1 else 1, L, L + 5}) + [None]
     for chunk in chunks:
         (o, h), cache = selective_scan_forward(**kw, delta_softplus=True, chunk=chunk)
-        want = S.adaptive_chunk(L, Dd) if chunk is None else chunk
+        want = S.adaptive_chunk(L, Dd, nb) if chunk is None else chunk
         assert cache.chunk == want and cache.ckpt.shape[1] == -(-L // want), chunk
         np.testing.assert_array_equal(o, o_ref)
         np.testing.assert_array_equal(h, h_ref)
@@ -196,17 +196,48 @@ def test_any_chunk_gives_identical_results_threaded(rng, monkeypatch, L):
 
 
 def test_adaptive_chunk_grows_like_sqrt_length():
-    """chunk = ceil(sqrt(L D / (2 threads block))) clipped to [1, L]: the checkpoints (L / chunk) and the
-    per-thread chunk buffers (chunk) both grow like sqrt(L)."""
+    """chunk = ceil(sqrt(b L D / (2 workers block))) clipped to [1, L], workers = min(threads, b * groups): the
+    checkpoints (L / chunk) and the per-worker chunk buffers (chunk) both grow like sqrt(L)."""
     import numba
     import scratch_transformers.mamba.scan as S
     threads = numba.get_num_threads()
-    for L, Dd in [(1, 1), (1, 256), (7, 3), (256, 256), (1024, 256), (4096, 256), (10**6, 8)]:
-        c = S.adaptive_chunk(L, Dd)
-        assert isinstance(c, int) and 1 <= c <= L, (L, Dd, c)
+    for L, Dd, nb in [(1, 1, 1), (1, 256, 1), (7, 3, 2), (256, 256, 1), (1024, 256, 1), (4096, 256, 1),
+                      (4096, 256, 8), (10**6, 8, 1), (300, 1000, 3)]:
+        c = S.adaptive_chunk(L, Dd, nb)
+        assert isinstance(c, int) and 1 <= c <= L, (L, Dd, nb, c)
         blk = min(S.CHANNEL_BLOCK, Dd)
-        assert c == min(L, int(np.ceil(np.sqrt(L * Dd / (2 * threads * blk))))), (L, Dd, c)
+        workers = min(threads, nb * -(-Dd // min(S.CHANNEL_GROUP, Dd)))
+        assert c == min(L, int(np.ceil(np.sqrt(nb * L * Dd / (2 * workers * blk))))), (L, Dd, nb, c)
     assert S.adaptive_chunk(4 * 4096, 256) <= 2 * S.adaptive_chunk(4096, 256) + 1
+
+
+def test_extra_memory_of_forward_backward_is_an_eighth_of_the_states(rng):
+    """The issue's memory goal at the benchmark's shape (float32, b = 1, D = 256, N = 16, L = 256, the length where
+    the fixed scratch weighs most): everything the forward+backward pair allocates besides the arrays it returns
+    (cache, checkpoints, the kernels' scratch: tracemalloc sees numba's allocations too) stays below 1/8 of the
+    bytes of the (L, D, N) states that a materialising version stores (on top of its own other temporaries)."""
+    import numba
+    nb, L, Dd, N = 1, 256, 256, 16
+    f32 = np.float32
+    kw = {k: v.astype(f32) for k, v in make(rng, nb, L, Dd, N, h0=False).items()}
+    dout = rng.standard_normal((nb, L, Dd)).astype(f32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))      # the benchmark machine's cores
+    try:
+        (o, h), c = selective_scan_forward(**kw, delta_softplus=True)       # compile
+        selective_scan_backward(dout, c)
+        del o, h, c
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        (out, hl), cache = selective_scan_forward(**kw, delta_softplus=True)
+        grads = selective_scan_backward(dout, cache)
+        peak = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+    finally:
+        numba.set_num_threads(before)
+    returned = out.nbytes + hl.nbytes + sum(g.nbytes for g in grads if g is not None)
+    states = nb * L * Dd * N * 4
+    assert peak - returned < states / 8, (peak - returned, states / 8)
 
 
 def test_scan_float32_within_1e5_of_float64_reference(rng):
@@ -311,8 +342,8 @@ def _peak_bytes(rng, nb, L, Dd, N):
 
 def test_forward_backward_do_not_materialise_b_l_d_n(rng):
     """Storing h_t for every t alone would grow with L by b*D*N floats per step; the pair's peak memory grows by
-    far less (the (b, L, D) and (b, L, N) arrays, checkpoints every 64 steps, per-block partial sums of dB, dC).
-    (numba's per-thread scratch, O(chunk * N * block), does not grow with L.)"""
+    far less (the (b, L, D) and (b, L, N) arrays, checkpoints every ~sqrt(L) steps, per-group partial sums of dB,
+    dC; numba's per-item scratch, O(chunk * N * block), grows like sqrt(L))."""
     nb, Dd, N = 1, 64, 64
     p_short, p_long = _peak_bytes(rng, nb, 256, Dd, N), _peak_bytes(rng, nb, 2048, Dd, N)
     states_growth = nb * (2048 - 256) * Dd * N * 8

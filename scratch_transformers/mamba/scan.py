@@ -31,8 +31,8 @@ Both kernels split work with ``prange`` over (batch, group of 128 channels); the
 blocks of 32 channels one after the other (B and C are shared by all channels, so
 their gradients are summed over a block, then over a group's blocks, then over groups, in a fixed order, without
 races). Results depend neither on the thread count nor on the chunk. Problems with fewer than PARALLEL_MIN_WORK
-state updates run a serial build of the same loops. The kernels compute in the inputs' dtype; only the forward's
-gate and the sums over batch elements are NumPy around the kernels.
+state updates run a serial build of the same loops. The kernels compute in the inputs' dtype (the gate silu(z)
+too); only the sums over batch elements are NumPy around the kernels.
 """
 
 from __future__ import annotations
@@ -213,8 +213,9 @@ def _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, e, bits64, bits32):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _ssm_forward_kernel(u, delta, bias, softplus, At, B, C, Dsk, h0, chunk, block, y, h_last, ckpt):
-    """Algorithm 2 line 6 (recurrent mode): y_t = C_t h_t + D u_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t.
+def _ssm_forward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, h0, chunk, block, y, h_last, ckpt):
+    """Algorithm 2 line 6 (recurrent mode): y_t = C_t h_t + D u_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t,
+    then (has_z) the gate out_t = y_t silu(z_t), written to ``y``.
 
     One work item = one batch element and one block of channels d0 .. d0+nd-1; the state of the block is held
     as h[n, j] (state n of channel d0 + j) so that every inner loop runs over channels and vectorises (the loops
@@ -239,6 +240,7 @@ def _ssm_forward_kernel(u, delta, bias, softplus, At, B, C, Dsk, h0, chunk, bloc
         uv = np.empty(nd, u.dtype)
         dtu = np.empty(nd, u.dtype)
         acc = np.empty(nd, u.dtype)
+        zv = np.empty(nd, u.dtype)
         for n in range(N):
             for j in range(nd):
                 h[n, j] = h0[b, d0 + j, n]
@@ -265,7 +267,15 @@ def _ssm_forward_kernel(u, delta, bias, softplus, At, B, C, Dsk, h0, chunk, bloc
                     h[n, j] = hv
                     acc[j] += cn * hv                       # eq. (2b): y_t = C_t h_t
             for j in range(nd):
-                y[b, t, d0 + j] = acc[j] + Dsk[d0 + j] * uv[j]     # skip connection D u
+                acc[j] += Dsk[d0 + j] * uv[j]               # skip connection D u
+            if has_z:                                       # gate: y_t silu(z_t) = y_t z_t / (1 + exp(-z_t))
+                for j in range(nd):
+                    zv[j] = -z[b, t, d0 + j]
+                _exp_buffer(zv, bits64, bits32)
+                for j in range(nd):
+                    acc[j] *= z[b, t, d0 + j] / (1.0 + zv[j])
+            for j in range(nd):
+                y[b, t, d0 + j] = acc[j]
         for n in range(N):
             for j in range(nd):
                 h_last[b, d0 + j, n] = h[n, j]
@@ -432,7 +442,6 @@ def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt
 # The same loops compiled without threads: below PARALLEL_MIN_WORK state updates (b * L * D * N) a parallel launch
 # costs about what it saves (measured on 2 cores: break-even near 1e5 updates, 1.8x faster at 1e6).
 PARALLEL_MIN_WORK = 1 << 17
-TIME_SLAB = 64        # the NumPy gate of the forward works on slabs of time steps (bounded temporaries)
 
 
 def _serial_build(kernel, name):
@@ -476,15 +485,6 @@ class ScanCache(NamedTuple):
     delta_softplus: bool
     chunk: int
     has: tuple                # which optional inputs were given: (D, z, delta_bias, h0)
-
-
-def _sigmoid(x):
-    """1 / (1 + e^-x) = (1 + tanh(x / 2)) / 2 without overflow (computed in one buffer)."""
-    out = np.multiply(x, 0.5, dtype=x.dtype)
-    np.tanh(out, out=out)
-    out += 1
-    out *= 0.5
-    return out
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, h0):
@@ -542,14 +542,10 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     ckpt = np.empty((nb, (L + chunk - 1) // chunk, N, Dd), dtype)               # (b, n_chunks, N, D)
     kernel = _ssm_forward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_forward_serial
     kernel(np.ascontiguousarray(u), np.ascontiguousarray(delta), bias, bool(delta_softplus), At,
-           np.ascontiguousarray(B), np.ascontiguousarray(C), Dsk, hh0, chunk, min(CHANNEL_GROUP, Dd),
-           y, h_last, ckpt)
-    out = y
-    if z is not None:
-        for t0 in range(0, L, TIME_SLAB):                                        # gate: y * silu(z)
-            zs = z[:, t0:t0 + TIME_SLAB]
-            out[:, t0:t0 + TIME_SLAB] *= zs
-            out[:, t0:t0 + TIME_SLAB] *= _sigmoid(zs)
+           np.ascontiguousarray(B), np.ascontiguousarray(C), Dsk,
+           np.ascontiguousarray(z) if z is not None else np.empty((1, 1, 1), dtype), z is not None,
+           hh0, chunk, min(CHANNEL_GROUP, Dd), y, h_last, ckpt)
+    out = y                                                                      # (b, L, D) y * silu(z)
     cache = ScanCache(u, delta, bias, At, B, C, Dsk, z, ckpt, bool(delta_softplus), chunk, has)
     return (out, h_last), cache
 

@@ -138,11 +138,9 @@ def test_scan_forward_and_gradients_match_numpy_loop_float64(rng, shape, flags):
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_threaded_kernels_match_reference(rng, monkeypatch, dtype, tol):
-    """Small problems run the serial build of the kernels; force the prange (threaded) build here (and cut the
-    backward's NumPy work into several time slabs)."""
+    """Small problems run the serial build of the kernels; force the prange (threaded) build here."""
     import scratch_transformers.mamba.scan as S
     monkeypatch.setattr(S, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(S, "TIME_SLAB", 7)                       # several slabs of the NumPy gate
     kw = make(rng, 3, 41, 70, 5, dtype=dtype)                    # 70 channels: 3 blocks of 32, the last one partial
     dout = rng.standard_normal((3, 41, 70)).astype(dtype)
     dh_last = rng.standard_normal((3, 70, 5)).astype(dtype)

@@ -217,10 +217,12 @@ def _ssm_forward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, h0, c
     """Algorithm 2 line 6 (recurrent mode): y_t = C_t h_t + D u_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t,
     then (has_z) the gate out_t = y_t silu(z_t), written to ``y``.
 
-    One work item = one batch element and one block of channels d0 .. d0+nd-1; the state of the block is held
-    as h[n, j] (state n of channel d0 + j) so that every inner loop runs over channels and vectorises (the loops
-    read only 1-D contiguous rows of local buffers). Arithmetic is in the inputs' precision. Both kernels use
-    error_model="numpy" (IEEE division, no Python zero-division check, which would block vectorisation).
+    One work item = one batch element and one block of channels d0 .. d0+nd-1 (the caller passes a group of
+    CHANNEL_GROUP channels); the state of the block is held as h[n, j] (state n of channel d0 + j) so that every
+    inner loop runs over channels, the contiguous last index of local buffers, and vectorises. The buffers are
+    indexed directly (h[n, j]), not through row views: each view costs a reference-count update. Arithmetic is in
+    the inputs' precision. Both kernels use error_model="numpy" (IEEE division, no Python zero-division check,
+    which would block vectorisation).
     """
     nb, L, D = u.shape
     N = At.shape[0]

@@ -1,6 +1,6 @@
 """Benchmark: the numba selective scan against a plain-NumPy loop over time (same run, same inputs).
 
-    python -m scratch_transformers bench scan [--lengths 256 1024 4096] [--repeats 3]
+    python -m scratch_transformers bench scan [--lengths 256 1024 4096] [--repeats 7]
 
 Both compute the Mamba scan with softplus(delta + bias), the skip D and the gate silu(z), in float32.
 Baseline forward: a Python loop over t whose body is vectorised over (batch, D, N); baseline forward+backward:
@@ -95,7 +95,7 @@ def _peak(fn):
     return peak, returned
 
 
-def run(lengths=(256, 1024, 4096), batch=1, d=256, n=16, repeats=3, seed=0, chunk=None):
+def run(lengths=(256, 1024, 4096), batch=1, d=256, n=16, repeats=7, seed=0, chunk=None):
     rng = np.random.default_rng(seed)
     rows = []
     for L in lengths:
@@ -141,7 +141,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
     rows = run(tuple(args.lengths), args.batch, args.d, args.n, args.repeats)
     print(f"selective scan, float32, B={args.batch}, D={args.d}, N={args.n}, numba threads={get_num_threads()}; "

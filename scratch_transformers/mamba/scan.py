@@ -308,8 +308,8 @@ def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt
     and stores it back at the end, so the sums run in time order whatever the chunk. B_t and C_t are shared by all
     channels, so dB_t and dC_t are sums over channels: over a block's channels (in order), then over the group's
     blocks (in order) into dB_part[group] / dC_part[group], summed over groups afterwards. The scratch of an item
-    (the states and A_bar of one chunk and one block) does not grow with L, and the work items need no
-    synchronisation (one parallel launch).
+    is the states and A_bar of one chunk and one block, 2 * chunk * N * block numbers (chunk ~ sqrt(L) by
+    default), and the work items need no synchronisation (one parallel launch, no barrier per chunk).
     Steps 1-2 (gate, skip) are done per time step too: with the gate (has_z), dy_t = dout_t silu(z_t) and
     dz_t = dout_t y_t silu'(z_t), where y_t = C_t h_t + D u_t is recomputed from the chunk's states (never cached).
     """

@@ -408,6 +408,12 @@ FORWARD_BLOCKS = (512, 128)      # (B_r, B_c) of the FA-2 forward: float32, d = 
 BACKWARD_BLOCKS = (64, 512)      # interleaved runs against (512, 64) / (256, 256) and (64, 256) / (128, 512)
 
 
+def _tile_dims(block_q: int, block_k: int, n_q: int, n_k: int) -> tuple[int, int]:
+    """The tile sizes the kernels allocate: a block longer than the sequence is the whole sequence, so
+    the result is identical and a short sequence does not pay for 512-row tiles."""
+    return min(block_q, n_q), min(block_k, n_k)
+
+
 def _n_workers(n_items: int) -> int:
     return max(1, min(numba.get_num_threads(), n_items))
 
@@ -506,7 +512,7 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     with np.errstate(over="ignore"):   # splitmix64 wraps around uint64 on purpose (NUMBA_DISABLE_JIT=1)
         _fa2_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
                             a["kpm"], a["key_padding_mask"] is not None, *drop,
-                            a["block_q"], a["block_k"], _n_workers(n_items), out, lse)
+                            *_tile_dims(a["block_q"], a["block_k"], n_q, k.shape[2]), _n_workers(n_items), out, lse)
     cache = FlashCache(q=q, k=k, v=v, out=out, lse=lse, scale=a["scale"], offset=a["offset"], bias=a["bias"],
                        key_padding_mask=a["key_padding_mask"], dropout_p=a["dropout_p"],
                        dropout_seed=a["dropout_seed"], dropout_mask=a["dropout_mask"], block_q=backward_blocks[0],
@@ -536,7 +542,7 @@ def flash_attention_fa1_forward(q, k, v, *, scale=None, causal=False, causal_ali
     with np.errstate(over="ignore"):
         _fa1_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
                             a["kpm"], a["key_padding_mask"] is not None, *drop,
-                            a["block_q"], a["block_k"], out, ell, m)
+                            *_tile_dims(a["block_q"], a["block_k"], n_q, k.shape[2]), out, ell, m)
     return out, ell, m
 
 
@@ -583,7 +589,7 @@ def flash_attention_backward(dout, cache: FlashCache):
     with np.errstate(over="ignore"):
         _backward_kernel(q, k, v, dout, cache.lse, d_row, q.dtype.type(cache.scale), cache.offset, bias_flat,
                          bst, has_bias, kpm, cache.key_padding_mask is not None, *drop,
-                         cache.block_q, cache.block_k, n_workers, dq, dk, dv, dbias, per_worker)
+                         *_tile_dims(cache.block_q, cache.block_k, n_q, n_k), n_workers, dq, dk, dv, dbias, per_worker)
     if has_bias:
         dbias = (dbias[0] if dbias.shape[0] == 1 else dbias.sum(axis=0)).reshape(cache.bias.shape)
     else:

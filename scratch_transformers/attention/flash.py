@@ -299,12 +299,14 @@ def _fa1_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
 
 @njit(cache=True, parallel=True)
 def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed,
-                     threshold, zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, dq, dk, dv,
-                     dbias, per_worker_dbias):
+                     threshold, zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, dq_groups,
+                     dk, dv, dbias, per_worker_dbias):
     n_b, n_h, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
-    for w in prange(n_workers):                                 # worker w owns whole (b, h) pairs:
-        q_t = np.empty((block_q, d), q.dtype)                   # dQ's read-modify-write has no race
+    n_groups = dq_groups.shape[0]                               # KEY_GROUPS
+    n_items = n_b * n_h * n_groups
+    for w in prange(n_workers):                                 # FA-2 §3.2: parallel over key blocks;
+        q_t = np.empty((block_q, d), q.dtype)                   # item (b, h, g) owns key blocks j = g mod G
         do_t = np.empty((block_q, d_v), q.dtype)
         dq_t = np.empty((block_q, d), q.dtype)
         k_t = np.empty((block_k, d), q.dtype)
@@ -317,12 +319,12 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
         ds = np.empty((block_q, block_k), q.dtype)              # dP, then dS
         tbuf = np.empty(block_k, q.dtype)
         wb = np.int64(w) if per_worker_dbias else np.int64(0)
-        for bh in range(w, n_b * n_h, n_workers):
-            b, h = bh // n_h, bh % n_h
-            for i in range(n_q):                                 # line 3: dQ = 0 (in HBM)
-                for t in range(d):
-                    dq[b, h, i, t] = 0.0
-            for c0 in range(0, n_k, block_k):                   # line 5: for j in 1..T_c
+        for item in range(w, n_items, n_workers):
+            b = item // (n_h * n_groups)
+            h = (item // n_groups) % n_h
+            g = item % n_groups
+            dq = dq_groups[g]                                   # line 3: dQ = 0 in HBM (by the caller), one
+            for c0 in range(g * block_k, n_k, n_groups * block_k):   # copy per group; line 5: for j
                 bc = min(block_k, n_k - c0)
                 for c in range(bc):                             # line 6: load K_j, V_j
                     for t in range(d):
@@ -404,6 +406,7 @@ class FlashCache(NamedTuple):
     block_k: int                  # B_c of the backward
 
 
+KEY_GROUPS = 2                   # the backward's work items per (batch, head): key blocks j mod 2
 FORWARD_BLOCKS = (512, 128)      # (B_r, B_c) of the FA-2 forward: float32, d = 64, N = 8192, 2 cores,
 BACKWARD_BLOCKS = (64, 512)      # interleaved runs against (512, 64) / (256, 256) and (64, 256) / (128, 512)
 
@@ -491,7 +494,8 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     rng, from which a seed is drawn): counter-based dropout, see the module docstring.
     block_q, block_k: B_r and B_c, any positive ints (N need not be a multiple), used by this forward
     and by the backward of its cache; None (each independently) = each kernel's own default:
-    FORWARD_BLOCKS = (512, 128) here (key-major tiles: the long axis is B_r) and BACKWARD_BLOCKS =
+    KEY_GROUPS = 2                   # the backward's work items per (batch, head): key blocks j mod 2
+FORWARD_BLOCKS = (512, 128) here (key-major tiles: the long axis is B_r) and BACKWARD_BLOCKS =
     (64, 512) in the backward (its long axis is B_c). Per-worker tiles stay O(B_r B_c + (B_r + B_c) d).
     dropout_mask: optional explicit boolean keep-mask broadcastable to (B, H, Nq, Nk), used instead of
     the generator (a drop-in for the reference's option; it is an N x N input the caller made).
@@ -560,11 +564,14 @@ def flash_attention_backward(dout, cache: FlashCache):
           dK_j += tau dS^T Q_i              line 16
           dbias += dS                       (derived: S = tau Q K^T + bias => dbias = dS)
 
-    Parallel over (batch, head) pairs: each worker owns whole pairs, so dQ's read-modify-write
-    (FA-2 uses atomic adds there) has no race. dbias is reduced to the bias's own shape; if the bias
-    is broadcast over batch or heads, each worker accumulates into its own copy and the copies are
-    summed at the end (memory: n_workers x the bias's size). Returns (dq, dk, dv, dbias), dbias None
-    when the forward had no bias.
+    Parallel over key blocks as in FA-2 §3.2, without atomics: a work item (b, h, g) takes the key blocks
+    j = g, g + G, g + 2G, ... of one (batch, head) pair (G = KEY_GROUPS, at most T_c), so dK_j and dV_j are
+    written by one item only, and dQ, which every key block updates (FA-2 uses atomic adds there), is
+    accumulated in G copies, one per group, summed at the end (extra memory G x dQ; the grouping is
+    fixed by the shapes, so results do not depend on the number of threads). dbias is reduced to the
+    bias's own shape; if the bias is broadcast over batch, heads or (with G > 1) keys, each worker
+    accumulates into its own copy and the copies are summed at the end (memory: n_workers x the bias's
+    size). Returns (dq, dk, dv, dbias), dbias None when the forward had no bias.
     """
     if not isinstance(cache, FlashCache):
         validate.fail("cache", "the FlashCache returned by flash_attention_forward", type(cache).__name__)
@@ -574,22 +581,26 @@ def flash_attention_backward(dout, cache: FlashCache):
     n_b, n_h, n_q, d = q.shape
     n_k = k.shape[2]
     d_row = np.einsum("bhid,bhid->bhi", dout, cache.out)                  # line 4: D   (B, H, Nq)
-    n_workers = _n_workers(n_b * n_h)
+    block_q, block_k = _tile_dims(cache.block_q, cache.block_k, n_q, n_k)
+    n_groups = min(KEY_GROUPS, -(-n_k // block_k))
+    n_workers = _n_workers(n_b * n_h * n_groups)
     has_bias = cache.bias is not None
     bias_flat, bst, _ = _bias_args(q.dtype, cache.bias)
     shape4 = (1, 1, 1, 1) if not has_bias else (1,) * (4 - cache.bias.ndim) + cache.bias.shape
-    per_worker = has_bias and ((shape4[0] == 1 and n_b > 1) or (shape4[1] == 1 and n_h > 1))
+    per_worker = has_bias and ((shape4[0] == 1 and n_b > 1) or (shape4[1] == 1 and n_h > 1)
+                               or (shape4[3] == 1 and n_groups > 1))
     dbias = np.zeros((n_workers if per_worker else 1, bias_flat.size), q.dtype)   # flat, like the bias
     kpm = (np.ascontiguousarray(cache.key_padding_mask) if cache.key_padding_mask is not None
            else np.zeros((n_b, n_k), dtype=np.bool_))
-    dq = np.empty_like(q)
+    dq_groups = np.zeros((n_groups,) + q.shape, q.dtype)                 # line 3: dQ = 0, per key group
     dk = np.empty_like(k)
     dv = np.empty_like(v)
     drop = _dropout_args(q.dtype, cache.dropout_p, cache.dropout_seed, cache.dropout_mask)
     with np.errstate(over="ignore"):
         _backward_kernel(q, k, v, dout, cache.lse, d_row, q.dtype.type(cache.scale), cache.offset, bias_flat,
                          bst, has_bias, kpm, cache.key_padding_mask is not None, *drop,
-                         *_tile_dims(cache.block_q, cache.block_k, n_q, n_k), n_workers, dq, dk, dv, dbias, per_worker)
+                         block_q, block_k, n_workers, dq_groups, dk, dv, dbias, per_worker)
+    dq = dq_groups.sum(axis=0)
     if has_bias:
         dbias = (dbias[0] if dbias.shape[0] == 1 else dbias.sum(axis=0)).reshape(cache.bias.shape)
     else:

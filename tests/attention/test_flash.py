@@ -113,6 +113,42 @@ def test_default_blocks_each_kernel_its_own_and_explicit_blocks_reach_the_backwa
     assert (cache.block_q, cache.block_k) == (3, BACKWARD_BLOCKS[1])
 
 
+def test_backward_is_the_same_for_any_number_of_threads(rng):
+    """Work items (b, h, key group) and one dQ copy per group: the sums do not depend on the threads."""
+    import numba
+
+    q, k, v = make(rng, 1, 1, 300, 300, 16)                        # B = H = 1: still two work items
+    out, cache = flash_attention_forward(q, k, v, causal=True, block_q=32, block_k=48)
+    dout = rng.standard_normal(out.shape)
+    before = numba.get_num_threads()
+    try:
+        grads = []
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            grads.append(flash_attention_backward(dout, cache))
+    finally:
+        numba.set_num_threads(before)
+    for g1, g2 in zip(grads[0][:3], grads[1][:3]):
+        assert np.array_equal(g1, g2)
+    _, ref_cache = attention_forward(q, k, v, causal=True)
+    for g, rg in zip(grads[1][:3], attention_backward(dout, ref_cache)[:3]):
+        assert rel_err(g, rg) < 1e-12
+
+
+def test_bias_broadcast_over_keys_gets_zero_gradient(rng):
+    """Softmax is shift-invariant per row, so a bias constant along the keys has dbias_i = sum_j dS_ij =
+    D_i - D_i = 0; the key groups of the backward each add their part, and the parts must cancel."""
+    q, k, v = make(rng, 2, 2, 40, 45, 8)
+    bias = rng.standard_normal((1, 2, 40, 1))
+    out, cache = flash_attention_forward(q, k, v, bias=bias, causal=True, block_q=8, block_k=8)
+    dout = rng.standard_normal(out.shape)
+    dq, dk, dv, dbias = flash_attention_backward(dout, cache)
+    assert dbias.shape == bias.shape and np.all(np.abs(dbias) < 1e-13)
+    _, ref_cache = attention_forward(q, k, v, bias=bias, causal=True)
+    for g, rg in zip((dq, dk, dv), attention_backward(dout, ref_cache)[:3]):
+        assert rel_err(g, rg) < 1e-12
+
+
 def test_float32_within_1e5(rng):
     for opts in (dict(), dict(causal=True, pad=True, bias_shape=(2, 1, 100))):
         compare(rng, 2, 2, 100, 100, 32, block_q=32, block_k=24, tol=1e-5, dtype=np.float32, **opts)

@@ -66,7 +66,8 @@ from numba import njit, prange
 from ..core import validate
 from ..core.registry import Op
 from .reference import check_attention_args
-from .tiles import _exp_row, _mask_tile, _mask_tile_t, _mm_abt, _mm_acc_ab
+from ..core.vexp import _exp_buffer
+from .tiles import _mask_tile, _mask_tile_t, _mm_abt, _mm_acc_ab
 _NO_CAUSAL = np.iinfo(np.int64).max // 4   # "allowed iff j <= i + offset" with an offset no j reaches
 
 # splitmix64 constants (Steele, Lea & Flood 2014; the generator behind Java's SplittableRandom)
@@ -160,7 +161,8 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
         shift = np.empty(block_q, q.dtype)                       # m_new, or 0 where it is still -inf
         alpha = np.empty(block_q, q.dtype)                       # e^{m_old - m_new}
         l = np.empty(block_q, q.dtype)                           # l_i
-        tbuf = np.empty(block_q, q.dtype)
+        bits64 = np.empty(block_q if q.itemsize == 8 else 0, np.int64)    # scratch of the vectorised exp
+        bits32 = np.empty(block_q if q.itemsize == 4 else 0, np.int32)
         for item in range(w, n_items, n_workers):               # round robin: balanced under causal
             b = item // (n_h * t_r)
             h = (item // t_r) % n_h
@@ -195,13 +197,13 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
                     shift[r] = m_new[r] if m_new[r] > -np.inf else 0.0   # m = -inf; exp(-inf - 0) = 0
                     alpha[r] = m[r] - shift[r]
                     m[r] = m_new[r]
-                _exp_row(alpha, br, tbuf)                        # e^{m_old - m_new} (0 if m_old = -inf)
+                _exp_buffer(alpha[:br], bits64, bits32)          # e^{m_old - m_new} (0 if m_old = -inf)
                 for r in range(br):
                     l[r] *= alpha[r]
                 for c in range(bc):
                     for r in range(br):
                         st[c, r] -= shift[r]
-                    _exp_row(st[c], br, tbuf)                    # line 9: P~ = exp(S - m)
+                    _exp_buffer(st[c, :br], bits64, bits32)      # line 9: P~ = exp(S - m)
                     for r in range(br):
                         l[r] += st[c, r]                         # line 9: l += rowsum P~ (undropped)
                 if has_dropout:                                  # Alg. 2 line 14: P~ o Z
@@ -317,7 +319,8 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
         p = np.empty((block_q, block_k), q.dtype)               # S, then P
         p_drop = np.empty((block_q, block_k), q.dtype) if has_dropout else p   # P o Z
         ds = np.empty((block_q, block_k), q.dtype)              # dP, then dS
-        tbuf = np.empty(block_k, q.dtype)
+        bits64 = np.empty(block_k if q.itemsize == 8 else 0, np.int64)    # scratch of the vectorised exp
+        bits32 = np.empty(block_k if q.itemsize == 4 else 0, np.int32)
         wb = np.int64(w) if per_worker_dbias else np.int64(0)
         for item in range(w, n_items, n_workers):
             b = item // (n_h * n_groups)
@@ -358,7 +361,7 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
                         else:
                             for c in range(bc):
                                 p[r, c] -= L
-                            _exp_row(p[r], bc, tbuf)            # line 11: P = exp(S - L)
+                            _exp_buffer(p[r, :bc], bits64, bits32)   # line 11: P = exp(S - L)
                         if has_dropout:                         # Alg. 4 lines 14-15, 18: Z on P and dP
                             for c in range(bc):
                                 if _kept(zmask, zst, has_zmask, b, h, i, c0 + c, seed, base + c, threshold):

@@ -6,15 +6,12 @@ Kept apart so that ``flash.py`` reads as the paper's algorithms; each helper wor
   updates of O~, dK_j, dV_j, and dQ_i += dS K_j), as loops whose innermost index runs along a contiguous
   row and accumulates element-wise, so LLVM vectorises them without fastmath (no floating-point
   reduction is reassociated; results are deterministic).
-- ``_exp_row``: a vectorisable exponential (numba's ``np.exp`` is a scalar libm call without SVML).
 - ``_mask_tile`` / ``_mask_tile_t``: MASK(S + bias) of FA-1 Algorithm 2 line 11 on a query-major / key-major tile.
 
 See derivations/flashattention.md ("Inner products without fastmath", "Key-major tiles").
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import njit
@@ -102,72 +99,6 @@ def _mm_acc_ab(p, b, rows, inner, cols, out):
             for t in range(cols):
                 out[r, t] += p0 * b[c, t]
             c += 1
-
-
-_F32 = np.float32
-_LOG2E_32, _LN2_HI_32, _LN2_LO_32 = _F32(1.4426950408889634), _F32(0.693359375), _F32(-2.12194440e-4)
-_EXP_MIN_32, _MAGIC_32, _HALF_32 = _F32(-87.0), _F32(8388735.0), _F32(0.5)       # 2^23 + 127
-_C32 = tuple(_F32(1.0 / math.factorial(i)) for i in range(8))                     # 1/n!, n = 0..7
-
-
-@njit(cache=True)
-def _exp_row(x, n, tbuf):
-    """x[:n] = exp(x[:n]) in place, for x <= ~0 (all the kernels need: S - m and S - L).
-    tbuf: scratch of at least n entries with x's dtype.
-
-    numba's np.exp is a scalar libm call here (no SVML), the one op of the tile loop LLVM cannot
-    vectorise. This is the textbook vectorisable exp instead: x = k ln2 + r with |r| <= ln2/2
-    (Cody-Waite: ln2 split into a high part, exact in k * ln2_hi, and a low part), exp(r) by its
-    Taylor polynomial (degree 13 in float64, 7 in float32: truncation below half an ulp), and 2^k
-    built in the exponent bits (k + bias placed in the low mantissa bits by adding 2^52 + 1023,
-    resp. 2^23 + 127, then shifted into the exponent field). Inputs below -708 (float32: -87),
-    incl. -inf, give 0: < 1e-307 (1e-38) next to the row maximum's exp(0) = 1. Measured against
-    np.exp: <= 2.2e-16 (float64) and a few float32 ulps (tests/attention/test_flash.py).
-    """
-    if x.itemsize == 8:                                               # float64
-        for c in range(n):
-            xc = max(x[c], -708.0)
-            kf = np.floor(xc * 1.4426950408889634 + 0.5)              # k = round(x / ln2)
-            r = (xc - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
-            e = 1.0 / 6227020800.0                                    # Horner: sum_{n<=13} r^n / n!
-            e = e * r + 1.0 / 479001600.0
-            e = e * r + 1.0 / 39916800.0
-            e = e * r + 1.0 / 3628800.0
-            e = e * r + 1.0 / 362880.0
-            e = e * r + 1.0 / 40320.0
-            e = e * r + 1.0 / 5040.0
-            e = e * r + 1.0 / 720.0
-            e = e * r + 1.0 / 120.0
-            e = e * r + 1.0 / 24.0
-            e = e * r + 1.0 / 6.0
-            e = e * r + 0.5
-            e = e * r + 1.0
-            e = e * r + 1.0
-            x[c] = e if x[c] >= -708.0 else 0.0
-            tbuf[c] = kf + 4503599627371519.0                         # 2^52 + 1023 + k
-        bits = tbuf.view(np.int64)
-        for c in range(n):
-            bits[c] = bits[c] << 52                                   # -> the float64 2^k
-    else:                                                             # float32, all in float32
-        for c in range(n):
-            xc = max(x[c], _EXP_MIN_32)
-            kf = np.floor(xc * _LOG2E_32 + _HALF_32)
-            r = (xc - kf * _LN2_HI_32) - kf * _LN2_LO_32
-            e = _C32[7]                                               # sum_{n<=7} r^n / n!
-            e = e * r + _C32[6]
-            e = e * r + _C32[5]
-            e = e * r + _C32[4]
-            e = e * r + _C32[3]
-            e = e * r + _C32[2]
-            e = e * r + _C32[1]
-            e = e * r + _C32[0]
-            x[c] = e if x[c] >= _EXP_MIN_32 else _F32(0.0)
-            tbuf[c] = kf + _MAGIC_32                                  # 2^23 + 127 + k
-        bits32 = tbuf.view(np.int32)
-        for c in range(n):
-            bits32[c] = bits32[c] << 23                               # -> the float32 2^k
-    for c in range(n):
-        x[c] *= tbuf[c]
 
 
 @njit(cache=True)

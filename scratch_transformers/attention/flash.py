@@ -22,9 +22,9 @@ Glossary (code -> paper, see derivations/flashattention.md and the paper sheet Â
     scale               tau                softmax scale, default 1/sqrt(d)
     block_q, block_k    B_r, B_c           tile rows of Q and of K/V; T_r, T_c = ceil(N / B)
     s                   S_ij               score tile tau Q_i K_j^T + bias, -inf where masked
-    st, acc_t           S_ij^T, O~_i^T     the FA-2 forward's key-major tiles: st[c, r] = S_ij[r, c]
+    st, acc_t           S_ij^T, O~_i^T     the FA-2 forward's key-major tiles: st[c, r] = S_ij[r, c];
+                                           acc_t the unnormalised output accumulator, transposed
     m, l                m_i, l_i           running row max and row sum of exp(S - m)
-    acc                 O~_i (FA-2)        unnormalised output accumulator
     lse                 L_i (FA-2)         m + log(l); -inf for a row that sees no key
     d_row               D_i                rowsum(dO_i o O_i), FA-1 eq. (4)
 

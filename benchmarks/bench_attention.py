@@ -105,23 +105,21 @@ def main(argv=None):
     parser.add_argument("--n", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--causal", choices=("both", "yes", "no"), default="both")
-    parser.add_argument("--block-q", type=int, default=None, help="B_r (default: flash_attention_forward's)")
-    parser.add_argument("--block-k", type=int, default=None, help="B_c (default: flash_attention_forward's)")
+    parser.add_argument("--block-q", type=int, default=None, help="B_r of both kernels (default: each kernel's own)")
+    parser.add_argument("--block-k", type=int, default=None, help="B_c of both kernels (default: each kernel's own)")
     args = parser.parse_args(argv)
     modes = {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]
-    import inspect
-
     import numba
 
-    from scratch_transformers.attention.flash import flash_attention_forward
+    from scratch_transformers.attention.flash import BACKWARD_BLOCKS, FORWARD_BLOCKS
 
-    defaults = inspect.signature(flash_attention_forward).parameters
-    if args.block_q is None:
-        args.block_q = defaults["block_q"].default
-    if args.block_k is None:
-        args.block_k = defaults["block_k"].default
+    if args.block_q is None and args.block_k is None:
+        blocks = (f"forward {FORWARD_BLOCKS[0]}x{FORWARD_BLOCKS[1]} (key-major), "
+                  f"backward {BACKWARD_BLOCKS[0]}x{BACKWARD_BLOCKS[1]} (the library's defaults)")
+    else:
+        blocks = f"{args.block_q}x{args.block_k} (None: that kernel's default) in both kernels"
     peak = matmul_peak_gflops()
-    print(f"float32, B=1, H=4, d=64, blocks {args.block_q}x{args.block_k}, numba threads {numba.get_num_threads()}, "
+    print(f"float32, B=1, H=4, d=64, blocks {blocks}, numba threads {numba.get_num_threads()}, "
           f"median of {args.repeats} interleaved rounds after warm-up")
     import os
 

@@ -69,7 +69,8 @@ def _mm_abt(a, bt, rows, cols, inner, out, accumulate):
 
 @njit(cache=True)
 def _mm_acc_ab(p, b, rows, inner, cols, out):
-    """out[:rows, :cols] += p[:rows, :inner] @ b[:inner, :cols]   (e.g. O~ += P~ V_j, dQ_i += dS K_j)."""
+    """out[:rows, :cols] += p[:rows, :inner] @ b[:inner, :cols]   (the backward's dQ_i += dS K_j, whose output
+    rows are only d long: the one product left whose vectorised loop runs along d)."""
     for r in range(0, rows - 1, 2):                         # pairs of output rows share the loads of b
         c = 0
         while c + 4 <= inner:

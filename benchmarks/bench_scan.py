@@ -121,7 +121,7 @@ def run(lengths=(256, 1024, 4096), batch=1, d=256, n=16, repeats=7, seed=0, chun
         o2, g2 = np_fb()
         err = max(float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
                   for a, b in zip((o1,) + tuple(g1[:6]) + (g1[6], g1[7]), (o2,) + tuple(g2)))
-        row = dict(L=L, err=err, chunk=adaptive_chunk(L, d) if chunk is None else chunk)
+        row = dict(L=L, err=err, chunk=adaptive_chunk(L, d, batch) if chunk is None else chunk)
         times = interleaved_seconds(dict(np_f=np_f, ours_f=ours_f, np_fb=np_fb, ours_fb=ours_fb), repeats)
         for name, ts in times.items():
             row[name] = float(np.median(ts))

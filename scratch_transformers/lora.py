@@ -155,7 +155,7 @@ def delta_weight(a, b, scale):
 
 
 def merge(w0, a, b, scale):
-    """W = W0 + s A B: the deployed weight, no extra inference latency (LoRA §4.2). Returns a new array."""
+    """W = W0 + s A B: the deployed weight, no additional inference latency (LoRA §4.1). Returns a new array."""
     w0 = validate.float_array(w0, "w0", ndim=2)
     a = validate.array(a, "a", ndim=2, shape=(w0.shape[0], None), dtype=w0.dtype)
     validate.array(b, "b", shape=(a.shape[1], w0.shape[1]), dtype=w0.dtype)
@@ -163,7 +163,8 @@ def merge(w0, a, b, scale):
 
 
 def unmerge(w, a, b, scale):
-    """W0 = W - s A B: recover the base weight to switch tasks (LoRA §4.2). Exact up to rounding of
+    """W0 = W - s A B: recover the base weight to switch tasks (LoRA §4.1, "No Additional
+    Inference Latency"). Exact up to rounding of
     one add and one subtract (relative error ~ eps * |delta_w| / |W0|)."""
     w = validate.float_array(w, "w", ndim=2)
     a = validate.array(a, "a", ndim=2, shape=(w.shape[0], None), dtype=w.dtype)

@@ -98,7 +98,7 @@ def test_scales():
     assert lora_scale(16, 4) == 4.0
     assert lora_scale(16, 4, rslora=True) == 8.0
     assert LoRAConfig(r=64).scale == 1.0                       # alpha defaults to r
-    assert LoRAConfig(r=64, alpha=64, rslora=True).scale == 8.0   # sheet pitfall 4: 1 -> 8
+    assert LoRAConfig(r=64, alpha=64, rslora=True).scale == 8.0   # rsLoRA 2312.03732: alpha / sqrt(r), 64 / 8
 
 
 def test_init_distributions(rng):
@@ -189,7 +189,7 @@ def test_subspace_similarity_properties(rng):
 
 
 def test_subspace_similarity_random_baseline(rng):
-    """Independent random subspaces: E[phi(i, j)] = max(i, j) / d (sheet §5)."""
+    """Independent random subspaces: E[phi(i, j)] = max(i, j) / d (LoRA §7.2, eq. 4)."""
     d = 30
     phis = np.mean([lora.subspace_similarity(rng.standard_normal((d, 4)), rng.standard_normal((d, 6)))
                     for _ in range(300)], axis=0)

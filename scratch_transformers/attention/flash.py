@@ -16,7 +16,7 @@ Two forwards and one backward, each a numba loop nest that reads beside the pape
   dQ += tau dS K, dK += tau dS^T Q (and dbias += dS). No N x N array is ever allocated (unless the
   bias itself is a full (.., Nq, Nk) matrix: then its gradient is one, inherently).
 
-Glossary (code -> paper, see derivations/flashattention.md and the paper sheet §1):
+Glossary (code -> paper, see derivations/flashattention.md; FA-1 arXiv 2205.14135 §2.2-3.1, FA-2 arXiv 2307.08691 §3.1):
 
     q, k, v, out        Q, K, V, O         (B, H, N, d); row i is q_i
     scale               tau                softmax scale, default 1/sqrt(d)

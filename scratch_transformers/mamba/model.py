@@ -40,6 +40,7 @@ class MambaConfig:
     tie_embeddings: bool = True
     dt_min: float = 1e-3
     dt_max: float = 0.1
+    dt_init: str = "log_uniform"      # "uniform": the paper's Sec. 3.6 text; see init_mamba_block
 
     def __post_init__(self):
         validate.positive_int(self.vocab_size, "vocab_size")
@@ -51,6 +52,7 @@ class MambaConfig:
         if self.dt_rank is not None:
             validate.positive_int(self.dt_rank, "dt_rank")
         validate.positive(self.norm_eps, "norm_eps")
+        validate.option(self.dt_init, "dt_init", ("log_uniform", "uniform"))
 
 
 def init_params(config, rng, *, dtype=np.float64):
@@ -64,7 +66,7 @@ def init_params(config, rng, *, dtype=np.float64):
         params[f"blocks.{i}.norm.w"] = np.ones(c.d_model, dtype)
         params.update(init_mamba_block(rng, c.d_model, d_state=c.d_state, expand=c.expand, d_conv=c.d_conv,
                                        dt_rank=c.dt_rank, dt_min=c.dt_min, dt_max=c.dt_max,
-                                       selective=c.selective, n_layers=c.n_layers, prefix=f"blocks.{i}.mixer",
+                                       dt_init=c.dt_init, selective=c.selective, n_layers=c.n_layers, prefix=f"blocks.{i}.mixer",
                                        dtype=dtype))
     params["norm_f.w"] = np.ones(c.d_model, dtype)
     if not c.tie_embeddings:

@@ -8,6 +8,10 @@ layer norm after the last block; Vaswani et al. 2017 §3 for the blocks themselv
     h  <- h + Dropout(W_2 GELU(W_1 LN_2(h) + b_1) + b_2)      GELU in its tanh form (GPT-2)
     logits = LN_f(h) W_head                                   (W_head = E^T with tie_embeddings)
 
+One difference from GPT-2 by default: the LM head is a separate, untied matrix ``lm_head``
+(``tie_embeddings=False``); GPT-2 ties it to the token embedding (W_head = E^T, Vaswani §3.4), which
+``tie_embeddings=True`` gives. The experiments use the untied default.
+
 Positions: "learned" (a trained table P), "sinusoidal" (Vaswani §3.5, a constant table), "rope"
 (RoFormer: q and k rotated inside attention; ``rope_scale`` is the position-interpolation factor that
 divides positions), "alibi" (Press et al.: a per-head linear bias; ``alibi_scale`` multiplies the
@@ -65,7 +69,7 @@ class TransformerConfig:
     rope_layout: str = "half"
     rope_scale: float = 1.0          # position interpolation: positions are divided by this factor
     alibi_scale: float = 1.0         # ALiBi slopes are multiplied by this factor
-    tie_embeddings: bool = False
+    tie_embeddings: bool = False     # GPT-2 ties (True); the default here is an untied lm_head
     ln_eps: float = 1e-5
 
     def __post_init__(self):

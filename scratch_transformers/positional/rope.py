@@ -12,7 +12,7 @@ Glossary (code symbol -> paper symbol):
     positions   (N,)          m, the position of each row (fractional allowed: position interpolation)
     inv_freq    (r/2,)        Theta = {theta_i = base^(-2i/r), i = 0..r/2-1}  (eq. 15, 0-based)
     rot_dim     r             number of rotated features (partial rotary, GPT-NeoX ``rotary_pct``);
-                              the exponent of theta uses r, not d (paper sheet, pitfall 3)
+                              the exponent of theta uses r, not d (as GPT-NeoX's rotary_ndims)
     cos, sin    (N, r/2)      cos(m theta_i), sin(m theta_i), computed in float64
     layout      "interleaved" pairs (2i, 2i+1): RoFormer eq. (34), GPT-J ``rotate_every_two``
                 "half"        pairs (i, i + r/2): GPT-NeoX / Llama ``rotate_half``

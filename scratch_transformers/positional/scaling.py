@@ -7,7 +7,7 @@ Symbols: L = train length, L' (or l') = target / current length, s = L'/L the sc
 r = rotary dimension (the head dim d when all features rotate), b = RoPE base (10000),
 theta_i = b^(-2i/r).
 
-Papers (the paper sheet sorts out the arXiv numbers):
+Papers:
 - Position Interpolation, Chen et al., arXiv 2306.15595 ("PI"): f'(x, m) = f(x, m L / L')    (eq. 4).
 - Position Interpolation Improves ALiBi Extrapolation, Al-Khateeb et al., arXiv 2310.13017: ALiBi's
   bias is linear in the distance, so scaling positions by L/L' is scaling every slope by L/L'.

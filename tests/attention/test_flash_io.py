@@ -23,7 +23,7 @@ def test_closed_form_counts_equal_counted_execution(rng, order, n, n_k, bq, bk, 
 
 
 def test_block_sizes_follow_algorithm1_line1():
-    assert block_sizes(16384, 64) == (64, 64)          # the paper sheet's worked example
+    assert block_sizes(16384, 64) == (64, 64)          # FA-1 Alg. 1 line 1: B_c = ceil(M / 4d), B_r = min(B_c, d)
     assert block_sizes(1024, 64) == (4, 4)
     assert block_sizes(100_000, 64) == (64, 391)
 

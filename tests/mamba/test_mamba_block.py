@@ -9,7 +9,7 @@ from scratch_transformers.mamba.block import (init_mamba_block, mamba_block_back
 
 
 def ref_block(a, p, pre="m"):
-    """Fig. 3 token by token, written from the paper sheet's list (sec. 4 steps 1-8), loops over t only."""
+    """Fig. 3 token by token (arXiv 2312.00752 Sec. 3.4 and Algorithm 2), loops over t only."""
     g = lambda k: p[f"{pre}.{k}"]
     nb, L, _ = a.shape
     D = g("conv.w").shape[0]
@@ -137,6 +137,18 @@ def test_paper_initialisation(rng):
     # log-uniform on [log 1e-3, log 1e-1]: mean -4.605, sd 1.329 (a plain uniform dt would give mean log ~ -3.4)
     assert abs(log_dt.mean() - 0.5 * (np.log(1e-3) + np.log(1e-1))) < 0.1
     assert abs(log_dt.std() - (np.log(1e-1) - np.log(1e-3)) / np.sqrt(12)) < 0.1
+
+
+def test_paper_text_uniform_dt_initialisation():
+    """dt_init="uniform" is Sec. 3.6's text, tau^{-1}(Uniform([0.001, 0.1])): dt itself is uniform."""
+    big = init_mamba_block(np.random.default_rng(1), 2048, d_state=1, dt_init="uniform", prefix="m")
+    dt = np.logaddexp(0.0, big["m.dt_proj.b"])                              # 4096 channels
+    assert dt.min() >= 1e-3 * (1 - 1e-9) and dt.max() <= 1e-1 * (1 + 1e-9)
+    # Uniform([a, b]): mean (a + b) / 2 = 0.0505, sd (b - a) / sqrt(12) = 0.0286; log-uniform has mean 0.0215
+    assert abs(dt.mean() - 0.0505) < 0.003 and abs(dt.std() - 0.099 / np.sqrt(12)) < 0.003
+    assert abs(np.mean(dt < 0.01) - 0.009 / 0.099) < 0.03                  # log-uniform: half below 0.01
+    with pytest.raises(ValueError, match="dt_init: expected one of"):
+        init_mamba_block(np.random.default_rng(1), 8, dt_init="loguniform")
 
 
 def test_block_bad_inputs(rng):

@@ -32,7 +32,7 @@ def test_twelve_heads_by_hand():
     want = [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625,
             r, r / 2, r / 4, r / 8]
     np.testing.assert_allclose(alibi_slopes(12), want, rtol=1e-15)
-    # and NOT the naive 2^(-8h/12), which the paper's sheet warns about
+    # and NOT the naive 2^(-8h/12): for n not a power of two the ALiBi authors' get_slopes uses the rule above
     assert not np.allclose(alibi_slopes(12), [2.0 ** (-8 * h / 12) for h in range(1, 13)])
 
 

@@ -70,7 +70,7 @@ def test_critical_dimension_llama2_and_lemma1():
 
 def test_critical_base_and_bounds_worked_numbers():
     assert abs(scaling.critical_base(4096, 4096) - 1e4) < 1e-6            # beta_0 = b when T_tune = T_train
-    assert abs(scaling.critical_base(4096, 16384) / 71.7e3 - 1) < 2e-3    # sheet: ~71.7k
+    assert abs(scaling.critical_base(4096, 16384) / 71.7e3 - 1) < 2e-3    # 2310.05209 eq. 16a
     # (16b), d = 128, T_train = 4096: beta = 1e6 -> ~129k, 5e5 -> ~78k, 1e5 -> ~24.7k
     for beta, want in [(1e6, 129e3), (5e5, 78e3), (1e5, 24.7e3)]:
         got = scaling.extrapolation_bound(beta, 128, 4096, 16384)

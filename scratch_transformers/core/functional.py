@@ -71,7 +71,7 @@ def softmax(x, axis: int = -1) -> np.ndarray:
     axis = _axis(axis, x)
     e = np.exp(x - _row_max(x, axis))                        # (...) in (0, 1], 0 where x = -inf
     z = np.sum(e, axis=axis, keepdims=True)                  # (..., 1, ...) >= 1 unless fully masked
-    return e / np.where(z > 0, z, np.ones((), dtype=x.dtype))
+    return e / np.where(z == 0, np.ones((), dtype=x.dtype), z)          # NaN rows stay NaN
 
 
 def softmax_forward(x, axis: int = -1):
@@ -104,7 +104,7 @@ def log_softmax(x, axis: int = -1) -> np.ndarray:
     shifted = x - _row_max(x, axis)                          # (...) <= 0
     z = np.sum(np.exp(shifted), axis=axis, keepdims=True)    # (..., 1, ...)
     # fully masked rows: z = 0; use log 1 so the row stays -inf - 0 = -inf (no inf - inf)
-    return shifted - np.log(np.where(z > 0, z, np.ones((), dtype=x.dtype)))
+    return shifted - np.log(np.where(z == 0, np.ones((), dtype=x.dtype), z))   # NaN rows stay NaN
 
 
 def log_softmax_forward(x, axis: int = -1):

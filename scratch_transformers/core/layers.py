@@ -84,6 +84,34 @@ def linear_backward(dy, cache: LinearCache):
     return dx, dw, db
 
 
+class ProjectionCache(NamedTuple):
+    override: object | None   # the linears override used (None: plain linear)
+    inner: object             # its cache (LinearCache for the plain linear)
+    w_name: str
+    b_name: str | None
+
+
+def project_forward(x, params, w_name, b_name=None, linears=None):
+    """y = x @ params[w_name] (+ params[b_name]), or linears[w_name].forward(x, params) when overridden."""
+    if linears is not None and w_name in linears:
+        y, c = linears[w_name].forward(x, params)
+        return y, ProjectionCache(linears[w_name], c, w_name, b_name)
+    y, c = linear_forward(x, params[w_name], None if b_name is None else params.get(b_name))
+    return y, ProjectionCache(None, c, w_name, b_name)
+
+
+def project_backward(dy, cache: ProjectionCache):
+    """(dx, grads dict) of project_forward."""
+    if cache.override is not None:
+        dx, grads = cache.override.backward(dy, cache.inner)
+        return dx, dict(grads)
+    dx, dw, db = linear_backward(dy, cache.inner)
+    grads = {cache.w_name: dw}
+    if db is not None:
+        grads[cache.b_name] = db
+    return dx, grads
+
+
 # --------------------------------------------------------------------------------------------
 # embedding
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,432 @@
+"""A bidirectional pre-LN transformer encoder with a masked-LM head, and BERT's masking.
+
+BERT (Devlin et al. 2019, arXiv 1810.04805, §3.1 "Task #1: Masked LM"): every position attends to every
+other (no causal mask); 15% of the positions are chosen for prediction, of which 80% are replaced by
+[MASK], 10% by a random token and 10% kept, and the model is trained with cross-entropy on the chosen
+positions only. The blocks are pre-LN like the decoder of ``models/transformer.py`` (GPT-2 layout,
+Radford et al. 2019 §2.3; Xiong et al. 2020, arXiv 2002.04745, for pre-LN in BERT-style encoders):
+
+    h_0 = E[tokens] (+ P[positions])                 or h_0 = X (+ P) with X given (forward_embeddings)
+    h  <- h + Dropout(MHA(LN_1(h); key padding))     bidirectional: every key visible unless padded
+    h  <- h + Dropout(W_2 GELU(W_1 LN_2(h) + b_1) + b_2)
+    hidden = LN_f(h)                                 encode(): the final hidden states (B, T, D)
+    logits = hidden W_mlm + b_mlm                    (W_mlm = E^T with tie_embeddings)
+
+Tokenizer-agnostic: ``vocab_size`` and ``mask_id`` are configuration; :func:`mask_tokens` takes them
+as arguments. The attention core is chosen by name (``config.attention``, a key of
+``attention.multihead.CORES``) exactly as in the decoder. Deviations from BERT, stated once: pre-LN
+instead of post-LN, no next-sentence head or token-type embeddings, no hidden transform before the
+MLM decoder (``LN_f`` plays that role), and dropout on embeddings and residual branches only (not on
+the attention probabilities).
+
+Parameters (flat dict; the decoder's names and init, N(0, 0.02^2), residual projections ``attn.wo``
+and ``mlp.w2`` with std 0.02 / sqrt(2 n_layers), norms (1, 0), biases 0):
+
+    tok_emb (V, D)   pos_emb (max_len, D) ["learned" only]
+    blocks.{i}.ln1.weight/bias (D,)  blocks.{i}.attn.wq/wk/wv/wo (D, D), .bq/bk/bv/bo (D,)
+    blocks.{i}.ln2.weight/bias (D,)  blocks.{i}.mlp.w1 (D, F) .b1 (F,)  .w2 (F, D) .b2 (D,)
+    ln_f.weight/bias (D,)            mlm_head.w (D, V) [unless tie_embeddings]   mlm_head.b (V,)
+
+Soft prompts (Lester et al. 2021) prepend learned vectors to the token embeddings: build the
+embeddings with :func:`embed`, concatenate, call :func:`forward_embeddings`, and
+:func:`backward_inputs` returns the gradient with respect to those input embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..attention.multihead import CORES, init_mha, mha_backward, mha_forward
+from ..core import validate
+from ..core.functional import gelu_backward, gelu_forward
+from ..core.layers import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
+                           embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
+                           linear_backward, linear_forward, project_backward, project_forward)
+
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+INIT_STD = 0.02
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Hyper-parameters; every value is validated on construction (ValueError naming the field)."""
+
+    vocab_size: int
+    mask_id: int                     # the [MASK] token id, in [0, vocab_size)
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int | None = None          # default 4 * d_model
+    max_len: int = 256               # longest sequence (learned position table size)
+    positions: str = "learned"
+    attention: str = "reference"     # a core name of attention.multihead.CORES
+    dropout: float = 0.0             # embeddings and residual branches
+    rope_base: float = 10000.0
+    tie_embeddings: bool = False
+    ln_eps: float = 1e-5
+
+    def __post_init__(self):
+        validate.positive_int(self.vocab_size, "vocab_size")
+        validate.integer(self.mask_id, "mask_id", low=0, high=self.vocab_size - 1)
+        validate.positive_int(self.d_model, "d_model")
+        validate.positive_int(self.n_layers, "n_layers")
+        validate.positive_int(self.n_heads, "n_heads")
+        if self.d_model % self.n_heads:
+            validate.fail("n_heads", f"a divisor of d_model={self.d_model}", self.n_heads)
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        validate.positive_int(self.d_ff, "d_ff")
+        validate.positive_int(self.max_len, "max_len")
+        validate.option(self.positions, "positions", POSITIONS)
+        validate.option(self.attention, "attention", tuple(CORES))
+        validate.probability(self.dropout, "dropout")
+        validate.real(self.rope_base, "rope_base", low=1.0, low_open=True)
+        if not isinstance(self.tie_embeddings, (bool, np.bool_)):
+            validate.fail("tie_embeddings", "a bool", repr(self.tie_embeddings))
+        validate.positive(self.ln_eps, "ln_eps")
+        if self.positions == "rope" and self.head_dim % 2:
+            validate.fail("d_model", "an even head dimension d_model / n_heads for rope", self.head_dim)
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            validate.fail("d_model", "an even integer for sinusoidal positions", self.d_model)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def _check_config(config) -> EncoderConfig:
+    if not isinstance(config, EncoderConfig):
+        validate.fail("config", "an EncoderConfig", type(config).__name__)
+    return config
+
+
+def param_shapes(config: EncoderConfig) -> dict[str, tuple]:
+    """The shape of every parameter, by name (the keys of init_params and of the gradients)."""
+    _check_config(config)
+    D, F, V = config.d_model, config.d_ff, config.vocab_size
+    shapes = {"tok_emb": (V, D)}
+    if config.positions == "learned":
+        shapes["pos_emb"] = (config.max_len, D)
+    for i in range(config.n_layers):
+        p = f"blocks.{i}."
+        shapes.update({p + "ln1.weight": (D,), p + "ln1.bias": (D,)})
+        for n in "qkvo":
+            shapes[p + f"attn.w{n}"] = (D, D)
+            shapes[p + f"attn.b{n}"] = (D,)
+        shapes.update({p + "ln2.weight": (D,), p + "ln2.bias": (D,), p + "mlp.w1": (D, F), p + "mlp.b1": (F,),
+                       p + "mlp.w2": (F, D), p + "mlp.b2": (D,)})
+    shapes.update({"ln_f.weight": (D,), "ln_f.bias": (D,)})
+    if not config.tie_embeddings:
+        shapes["mlm_head.w"] = (D, V)
+    shapes["mlm_head.b"] = (V,)
+    return shapes
+
+
+def init_params(config: EncoderConfig, rng, dtype=np.float64) -> dict[str, np.ndarray]:
+    """The decoder's initialisation (GPT-2 §2.3): weights N(0, 0.02^2), residual projections with
+    std 0.02 / sqrt(2 n_layers), biases 0, layer norms (1, 0)."""
+    _check_config(config)
+    rng = validate.rng(rng)
+    dtype = np.dtype(dtype)
+    if dtype not in validate.FLOAT_DTYPES:
+        validate.fail("dtype", "float32 or float64", dtype)
+    D, F, V = config.d_model, config.d_ff, config.vocab_size
+    res_std = INIT_STD / math.sqrt(2 * config.n_layers)
+    params = {"tok_emb": INIT_STD * rng.standard_normal((V, D))}
+    if config.positions == "learned":
+        params["pos_emb"] = INIT_STD * rng.standard_normal((config.max_len, D))
+    for i in range(config.n_layers):
+        p = f"blocks.{i}."
+        params[p + "ln1.weight"], params[p + "ln1.bias"] = np.ones(D), np.zeros(D)
+        params.update(init_mha(rng, D, config.n_heads, prefix=p + "attn", std=INIT_STD, out_std=res_std))
+        params[p + "ln2.weight"], params[p + "ln2.bias"] = np.ones(D), np.zeros(D)
+        params[p + "mlp.w1"], params[p + "mlp.b1"] = INIT_STD * rng.standard_normal((D, F)), np.zeros(F)
+        params[p + "mlp.w2"], params[p + "mlp.b2"] = res_std * rng.standard_normal((F, D)), np.zeros(D)
+    params["ln_f.weight"], params["ln_f.bias"] = np.ones(D), np.zeros(D)
+    if not config.tie_embeddings:
+        params["mlm_head.w"] = INIT_STD * rng.standard_normal((D, V))
+    params["mlm_head.b"] = np.zeros(V)
+    return {k: v.astype(dtype) for k, v in params.items()}
+
+
+# --- BERT masking ------------------------------------------------------------------------------------
+
+def mask_tokens(tokens, rng, *, vocab_size, mask_id, mask_prob=0.15, padding_mask=None, special_ids=()):
+    """BERT's masked-LM corruption (Devlin et al. 2019 §3.1 and App. A.1), all randomness from ``rng``.
+
+    In every row, round(mask_prob * n) of its n eligible positions (at least one when n > 0; eligible:
+    not padded and not in ``special_ids``) are chosen uniformly without replacement, as BERT's data
+    generator does per sequence. Each chosen position is replaced by ``mask_id`` with probability 0.8,
+    by a token drawn uniformly from [0, vocab_size) with probability 0.1, and kept with probability 0.1.
+
+    tokens: (B, T) int in [0, vocab_size). padding_mask: bool (B, T), True = padding.
+    Returns (inputs (B, T) int64, targets (B, T) int64 with the original token at chosen positions and
+    -100 elsewhere).
+    """
+    vocab_size = validate.positive_int(vocab_size, "vocab_size")
+    mask_id = validate.integer(mask_id, "mask_id", low=0, high=vocab_size - 1)
+    tokens = validate.int_array(tokens, "tokens", ndim=2, low=0, high=vocab_size)
+    mask_prob = validate.real(mask_prob, "mask_prob", low=0.0, high=1.0, low_open=True)
+    if padding_mask is not None:
+        padding_mask = validate.bool_array(padding_mask, "padding_mask", shape=tokens.shape)
+    special = validate.int_array(np.asarray(tuple(special_ids), dtype=np.int64), "special_ids", ndim=1)
+    rng = validate.rng(rng)
+    B, T = tokens.shape
+    eligible = ~np.isin(tokens, special)                                     # (B, T)
+    if padding_mask is not None:
+        eligible &= ~padding_mask
+    n_eligible = eligible.sum(axis=1)                                        # (B,)
+    n_chosen = np.where(n_eligible > 0, np.maximum(1, np.floor(mask_prob * n_eligible + 0.5)), 0).astype(int)
+    keys = np.where(eligible, rng.random((B, T)), np.inf)                    # random order of eligible slots
+    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1)       # (B, T) rank of each slot
+    chosen = rank < n_chosen[:, None]                                        # (B, T)
+    u = rng.random((B, T))                                                   # 80 / 10 / 10 split
+    random_tokens = rng.integers(0, vocab_size, size=(B, T))
+    inputs = tokens.astype(np.int64)
+    inputs = np.where(chosen & (u < 0.8), mask_id, inputs)
+    inputs = np.where(chosen & (u >= 0.8) & (u < 0.9), random_tokens, inputs)
+    targets = np.where(chosen, tokens, IGNORE).astype(np.int64)
+    return inputs, targets
+
+
+# --- forward / backward ------------------------------------------------------------------------------
+
+class BlockCache(NamedTuple):
+    ln1: Any
+    attn: Any
+    drop_attn: Any
+    ln2: Any
+    fc1: Any
+    gelu: Any
+    fc2: Any
+    drop_mlp: Any
+
+
+class EncoderCache(NamedTuple):
+    emb: Any                       # EmbeddingCache of the tokens; None when embeddings were given
+    drop_emb: Any
+    blocks: list                   # BlockCache per layer
+    ln_f: Any
+    head: Any                      # projection / linear cache of the MLM head; None: hidden states out
+    tied: bool
+    learned_pos: tuple | None      # (T, max_len, D) for the pos_emb gradient
+    x_shape: tuple                 # (B, T, D)
+    out_shape: tuple               # (B, T, V) logits or (B, T, D) hidden states
+    dtype: np.dtype
+
+
+def _check_params(params, config, linears):
+    if not isinstance(params, dict):
+        validate.fail("params", "a dict name -> array", type(params).__name__)
+    if "tok_emb" not in params:
+        validate.fail("params", "a key 'tok_emb'", "none")
+    dtype = validate.float_array(params["tok_emb"], "params['tok_emb']").dtype
+    for name, shape in param_shapes(config).items():
+        if linears is not None and name in linears:
+            continue
+        if name not in params:
+            validate.fail("params", f"a key {name!r} (see param_shapes(config))", "none")
+        validate.array(params[name], f"params[{name!r}]", shape=shape, dtype=dtype)
+    return dtype
+
+
+def embed(params, config, tokens) -> np.ndarray:
+    """Token embeddings E[tokens] (B, T, D), without positions: what forward_embeddings expects."""
+    config = _check_config(config)
+    if not isinstance(params, dict) or "tok_emb" not in params:
+        validate.fail("params", "a dict with a key 'tok_emb'", type(params).__name__)
+    validate.float_array(params["tok_emb"], "params['tok_emb']", shape=(config.vocab_size, config.d_model))
+    tokens = validate.int_array(tokens, "tokens", ndim=2, low=0, high=config.vocab_size)
+    return params["tok_emb"][tokens]
+
+
+def forward(params, config, tokens, *, padding_mask=None, rng=None, training=False, linears=None,
+            return_hidden=False):
+    """MLM logits (B, T, V), or with return_hidden=True the final hidden states LN_f(h) (B, T, D).
+
+    tokens: (B, T) int in [0, V), T <= max_len. padding_mask: bool (B, T), True = padded position (never
+    attended to; its own output is computed but meaningless). training=True with config.dropout > 0
+    draws dropout masks from ``rng``. linears: projection overrides by weight name (LoRA).
+    Returns (output, EncoderCache) for backward.
+    """
+    config = _check_config(config)
+    _check_params(params, config, linears)
+    tokens = validate.int_array(tokens, "tokens", ndim=2, low=0, high=config.vocab_size)
+    x, c_emb = embedding_forward(tokens, params["tok_emb"])                      # (B, T, D)
+    return _encode(params, config, x, c_emb, padding_mask, rng, training, linears, return_hidden)
+
+
+def forward_embeddings(params, config, embeddings, *, padding_mask=None, rng=None, training=False, linears=None,
+                       return_hidden=False):
+    """forward() from input embeddings X (B, T, D) instead of token ids (positions are still added).
+
+    For soft prompts: X = concat(prompt vectors, embed(params, config, tokens)). backward_inputs gives
+    dL/dX. Non-finite values in X propagate to NaN in the outputs, as the formula does.
+    """
+    config = _check_config(config)
+    dtype = _check_params(params, config, linears)
+    x = validate.array(embeddings, "embeddings", ndim=3, dtype=dtype)
+    if x.shape[2] != config.d_model:
+        validate.fail("embeddings", f"shape (B, T, {config.d_model})", x.shape)
+    return _encode(params, config, x, None, padding_mask, rng, training, linears, return_hidden)
+
+
+def encode(params, config, tokens, **kw):
+    """The final hidden states LN_f(h) (B, T, D) and the cache: forward(..., return_hidden=True)."""
+    return forward(params, config, tokens, return_hidden=True, **kw)
+
+
+def _encode(params, config, x, c_emb, padding_mask, rng, training, linears, return_hidden):
+    B, T, D = x.shape
+    if T < 1 or T > config.max_len:
+        validate.fail("tokens", f"between 1 and max_len={config.max_len} positions", T)
+    if padding_mask is not None:
+        padding_mask = validate.bool_array(padding_mask, "padding_mask", shape=(B, T))
+    if not isinstance(training, (bool, np.bool_)):
+        validate.fail("training", "a bool", repr(training))
+    if not isinstance(return_hidden, (bool, np.bool_)):
+        validate.fail("return_hidden", "a bool", repr(return_hidden))
+    if linears is not None and not isinstance(linears, dict):
+        validate.fail("linears", "a dict weight name -> linear object", type(linears).__name__)
+    p_drop = config.dropout if training else 0.0
+    if p_drop > 0:
+        rng = validate.rng(rng, "rng")
+    dtype = x.dtype
+
+    h = x
+    learned_pos = None
+    rope = None
+    if config.positions == "learned":
+        h = h + params["pos_emb"][:T]
+        learned_pos = (T, config.max_len, D)
+    elif config.positions == "sinusoidal":
+        from ..positional.sinusoidal import sinusoidal_table
+        h = h + sinusoidal_table(T, D).astype(dtype)
+    elif config.positions == "rope":
+        rope = {"positions": np.arange(T, dtype=np.float64), "base": config.rope_base}
+    h, c_drop_emb = dropout_forward(h, p_drop, rng, training)                      # (B, T, D)
+    blocks = []
+    for i in range(config.n_layers):
+        p = f"blocks.{i}."
+        a, c_ln1 = layer_norm_forward(h, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
+        y, c_attn = mha_forward(a, params, prefix=p + "attn", n_heads=config.n_heads, core=config.attention,
+                                causal=False, rope=rope, key_padding_mask=padding_mask, linears=linears)
+        y, c_d1 = dropout_forward(y, p_drop, rng, training)
+        h = h + y                                                                 # (B, T, D)
+        a2, c_ln2 = layer_norm_forward(h, params[p + "ln2.weight"], params[p + "ln2.bias"], eps=config.ln_eps)
+        m, c_fc1 = project_forward(a2, params, p + "mlp.w1", p + "mlp.b1", linears)     # (B, T, F)
+        g, c_gelu = gelu_forward(m, approximate="tanh")
+        m2, c_fc2 = project_forward(g, params, p + "mlp.w2", p + "mlp.b2", linears)     # (B, T, D)
+        m2, c_d2 = dropout_forward(m2, p_drop, rng, training)
+        h = h + m2
+        blocks.append(BlockCache(c_ln1, c_attn, c_d1, c_ln2, c_fc1, c_gelu, c_fc2, c_d2))
+    hf, c_lnf = layer_norm_forward(h, params["ln_f.weight"], params["ln_f.bias"], eps=config.ln_eps)
+    c_head = None
+    out = hf                                                                      # (B, T, D)
+    if not return_hidden:
+        if config.tie_embeddings:
+            out, c_head = linear_forward(hf, params["tok_emb"].T, params["mlm_head.b"])     # (B, T, V)
+        else:
+            out, c_head = project_forward(hf, params, "mlm_head.w", "mlm_head.b", linears)  # (B, T, V)
+    cache = EncoderCache(emb=c_emb, drop_emb=c_drop_emb, blocks=blocks, ln_f=c_lnf, head=c_head,
+                         tied=bool(config.tie_embeddings), learned_pos=learned_pos, x_shape=x.shape,
+                         out_shape=out.shape, dtype=dtype)
+    return out, cache
+
+
+def _add(total: dict, new: dict) -> None:
+    for k, g in new.items():
+        total[k] = total[k] + g if k in total else g
+
+
+def backward_inputs(dout, cache: EncoderCache):
+    """Gradient with respect to the input embeddings X (B, T, D) and the parameters' gradients.
+
+    dout: dL/dlogits (B, T, V), or dL/dhidden (B, T, D) when the forward returned hidden states.
+    For a forward from tokens, X = E[tokens] and the grads dict has no 'tok_emb' entry from the
+    input side (backward() adds it); for forward_embeddings, dX is what a soft prompt is trained on.
+    """
+    if not isinstance(cache, EncoderCache):
+        validate.fail("cache", "the EncoderCache returned by forward / forward_embeddings", type(cache).__name__)
+    dout = validate.array(dout, "dout", shape=cache.out_shape, dtype=cache.dtype)
+    grads: dict = {}
+    dhf = dout
+    if cache.head is not None:
+        if cache.tied:
+            dhf, dw, db = linear_backward(dout, cache.head)                        # dw = d(E^T): (D, V)
+            _add(grads, {"tok_emb": dw.T, "mlm_head.b": db})
+        else:
+            dhf, g = project_backward(dout, cache.head)
+            _add(grads, g)
+    dh, dw, db = layer_norm_backward(dhf, cache.ln_f)                             # (B, T, D)
+    _add(grads, {"ln_f.weight": dw, "ln_f.bias": db})
+    for i in reversed(range(len(cache.blocks))):
+        c = cache.blocks[i]
+        p = f"blocks.{i}."
+        dg, g = project_backward(dropout_backward(dh, c.drop_mlp), c.fc2)
+        _add(grads, g)
+        da2, g = project_backward(gelu_backward(dg, c.gelu), c.fc1)
+        _add(grads, g)
+        dres, dw, db = layer_norm_backward(da2, c.ln2)
+        _add(grads, {p + "ln2.weight": dw, p + "ln2.bias": db})
+        dh = dh + dres                                                            # residual: skip + branch
+        da, g = mha_backward(dropout_backward(dh, c.drop_attn), c.attn)
+        _add(grads, g)
+        dres, dw, db = layer_norm_backward(da, c.ln1)
+        _add(grads, {p + "ln1.weight": dw, p + "ln1.bias": db})
+        dh = dh + dres
+    dh = dropout_backward(dh, cache.drop_emb)                                     # dL/dh_0 (B, T, D)
+    if cache.learned_pos is not None:
+        t, max_len, d = cache.learned_pos
+        dpos = np.zeros((max_len, d), dtype=cache.dtype)
+        dpos[:t] = dh.sum(axis=0)                                                 # positions shared over the batch
+        _add(grads, {"pos_emb": dpos})
+    return dh, grads                                                              # h_0 = X + P: dX = dh_0
+
+
+def backward(dout, cache: EncoderCache) -> dict[str, np.ndarray]:
+    """Gradients of every parameter used by forward (same keys as params; with ``linears``, the
+    overrides' keys instead of the weights they replace). Reverse of forward, op by op."""
+    dx, grads = backward_inputs(dout, cache)
+    if cache.emb is not None:
+        _add(grads, {"tok_emb": embedding_backward(dx, cache.emb)})
+    return grads
+
+
+def mlm_loss_and_grads(params, config, inputs, targets, *, padding_mask=None, rng=None, linears=None):
+    """Masked-LM loss: mean cross-entropy over the positions with targets != -100 (BERT §3.1), and its
+    gradients (training mode: dropout from ``rng`` when config.dropout > 0).
+
+    inputs: (B, T) corrupted tokens and targets (B, T) from mask_tokens. Returns (loss, grads).
+    """
+    config = _check_config(config)
+    if config.dropout > 0 and rng is None:
+        validate.fail("rng", "a numpy.random.Generator when config.dropout > 0", "None")
+    logits, cache = forward(params, config, inputs, padding_mask=padding_mask, rng=rng, training=True,
+                            linears=linears)
+    loss, c_ce = cross_entropy_forward(logits, targets, ignore_index=IGNORE)
+    return loss, backward(cross_entropy_backward(1.0, c_ce), cache)
+
+
+def mlm_loss(params, config, inputs, targets, *, padding_mask=None, linears=None, batch=64) -> float:
+    """Mean masked-LM cross-entropy (nats per scored position) in evaluation mode, ``batch`` rows at a time."""
+    config = _check_config(config)
+    inputs = validate.int_array(inputs, "inputs", ndim=2, low=0, high=config.vocab_size)
+    targets = validate.int_array(targets, "targets", shape=inputs.shape)
+    batch = validate.positive_int(batch, "batch")
+    total, count = 0.0, 0
+    for s in range(0, len(inputs), batch):
+        pm = None if padding_mask is None else padding_mask[s:s + batch]
+        logits, _ = forward(params, config, inputs[s:s + batch], padding_mask=pm, linears=linears)
+        t = targets[s:s + batch]
+        n = int(np.sum(t != IGNORE))
+        if n:
+            loss, _ = cross_entropy_forward(logits, t, ignore_index=IGNORE, reduction="sum")
+            total += loss
+            count += n
+    return total / max(count, 1)

@@ -35,7 +35,12 @@ from ..core.registry import Op
 CORES: dict[str, tuple[str, str, str]] = {
     "reference": ("scratch_transformers.attention.reference", "attention_forward", "attention_backward"),
     "flash": ("scratch_transformers.attention.flash", "flash_attention_forward", "flash_attention_backward"),
+    "linformer": ("scratch_transformers.linformer", "linformer_attention_forward", "linformer_attention_backward"),
 }
+# Cores with parameters of their own: the keyword names the core's forward takes them under. Its backward
+# returns their gradients after (dq, dk, dv, dbias), in this order. mha_forward(core_params=...) maps each
+# keyword to a params key (two keywords may share one key: the gradients are summed).
+CORE_PARAMS: dict[str, tuple[str, ...]] = {"linformer": ("E", "F")}
 PROJECTIONS = ("q", "k", "v", "o")
 
 
@@ -156,13 +161,14 @@ class MHACache(NamedTuple):
     rope: tuple | None         # (rope cache of q, rope cache of k) or None
     core: Any                  # the attention core's cache
     core_name: str
+    core_params: dict          # core keyword -> params key (CORE_PARAMS), {} for cores without parameters
     n_heads: int
     decoding: bool             # True when a KV cache was used (no backward)
     x_shape: tuple             # (B, T, D)
 
 
 def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=True, attn_bias=None, rope=None,
-                key_padding_mask=None, kv_cache=None, linears=None, core_options=None):
+                key_padding_mask=None, kv_cache=None, linears=None, core_options=None, core_params=None):
     """Multi-head attention (Vaswani et al. 2017 §3.2.2), y = merge(core(split(x wq), split(x wk), split(x wv))) wo.
 
     x: (B, T, D) float; params: dict with ``prefix.wq/wk/wv/wo`` (D, D) and optional ``prefix.bq/...``.
@@ -173,6 +179,8 @@ def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=T
     cache_length + 0..T-1. key_padding_mask: bool (B, T_k), True = padded key (T_k includes cached keys).
     kv_cache: a KVCache (decode step, forward-only). linears: projection overrides (see module doc).
     core_options: extra keyword options for the core (e.g. dropout_p/dropout_mask, block sizes).
+    core_params: for a core with parameters (CORE_PARAMS, e.g. Linformer's E and F), a dict keyword ->
+    params key; mha_backward returns their gradients under those keys.
     Returns y (B, T, D) and an MHACache.
     """
     x = validate.float_array(x, "x", ndim=3)
@@ -195,6 +203,14 @@ def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=T
         validate.fail("causal", "a bool", repr(causal))
     core_fwd, _ = core_functions(core)
     core_options = {} if core_options is None else dict(core_options)
+    wanted = CORE_PARAMS.get(core, ())
+    core_params = {} if core_params is None else core_params
+    if not isinstance(core_params, dict) or set(core_params) != set(wanted):
+        validate.fail("core_params", f"a dict with the keys {wanted} of core {core!r}", repr(core_params))
+    for kw, key in core_params.items():
+        if key not in params:
+            validate.fail("params", f"a key {key!r} (core parameter {kw} of {core!r})", "none")
+        core_options[kw] = params[key]
     if rope is not None and not isinstance(rope, dict):
         validate.fail("rope", "None or a dict of rope_forward keyword arguments", type(rope).__name__)
     offset = 0
@@ -238,7 +254,8 @@ def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=T
     out, core_cache = core_fwd(q, k, v, causal=bool(causal), causal_alignment=alignment, bias=attn_bias,
                                key_padding_mask=key_padding_mask, **core_options)   # (B, H, T, d_h)
     y, proj["o"] = _project_forward(merge_heads(out), params, f"{prefix}.wo", f"{prefix}.bo", linears)
-    return y, MHACache(proj=proj, rope=rope_caches, core=core_cache, core_name=core, n_heads=n_heads,
+    return y, MHACache(proj=proj, rope=rope_caches, core=core_cache, core_name=core,
+                       core_params={kw: core_params[kw] for kw in wanted}, n_heads=n_heads,
                        decoding=kv_cache is not None, x_shape=x.shape)
 
 
@@ -259,7 +276,10 @@ def mha_backward(dy, cache: MHACache):
     dmerged, g = _project_backward(dy, cache.proj["o"])                    # (B, T, D)
     _add_grads(grads, g)
     _, core_bwd = core_functions(cache.core_name)
-    dq, dk, dv = core_bwd(split_heads(dmerged, cache.n_heads), cache.core)[:3]   # (B, H, T, d_h) each
+    core_grads = core_bwd(split_heads(dmerged, cache.n_heads), cache.core)
+    dq, dk, dv = core_grads[:3]                                            # (B, H, T, d_h) each
+    for i, key in enumerate(cache.core_params.values()):                   # the core's own parameters
+        _add_grads(grads, {key: core_grads[4 + i]})
     if cache.rope is not None:
         _, rope_backward = _rope_functions()
         dq = rope_backward(dq, cache.rope[0])

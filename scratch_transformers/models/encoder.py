@@ -26,6 +26,8 @@ and ``mlp.w2`` with std 0.02 / sqrt(2 n_layers), norms (1, 0), biases 0):
     blocks.{i}.ln1.weight/bias (D,)  blocks.{i}.attn.wq/wk/wv/wo (D, D), .bq/bk/bv/bo (D,)
     blocks.{i}.ln2.weight/bias (D,)  blocks.{i}.mlp.w1 (D, F) .b1 (F,)  .w2 (F, D) .b2 (D,)
     ln_f.weight/bias (D,)            mlm_head.w (D, V) [unless tie_embeddings]   mlm_head.b (V,)
+    blocks.{i}.attn.E / .F (k, max_len) or linformer.E [attention="linformer"; names and shapes by the
+    sharing mode, see linformer.projection_names; initialised N(0, 1/k), the JL projection of Lemma 1]
 
 Soft prompts (Lester et al. 2021) prepend learned vectors to the token embeddings: build the
 embeddings with :func:`embed`, concatenate, call :func:`forward_embeddings`, and
@@ -46,10 +48,11 @@ from ..core.functional import gelu_backward, gelu_forward
 from ..core.layers import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
                            embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
                            linear_backward, linear_forward, project_backward, project_forward)
+from ..linformer import SHARING, init_projection, projection_names, projection_shapes
+from .masking import IGNORE, mask_tokens  # noqa: F401  (part of this module's API)
 
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 INIT_STD = 0.02
-IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class EncoderConfig:
     max_len: int = 256               # longest sequence (learned position table size)
     positions: str = "learned"
     attention: str = "reference"     # a core name of attention.multihead.CORES
+    proj_k: int | None = None        # Linformer (attention="linformer"): projected length k
+    sharing: str = "headwise"        # Linformer: how E, F are shared (linformer.SHARING)
     dropout: float = 0.0             # embeddings and residual branches
     rope_base: float = 10000.0
     tie_embeddings: bool = False
@@ -85,6 +90,11 @@ class EncoderConfig:
         validate.option(self.positions, "positions", POSITIONS)
         validate.option(self.attention, "attention", tuple(CORES))
         validate.probability(self.dropout, "dropout")
+        validate.option(self.sharing, "sharing", SHARING)
+        if self.attention == "linformer":
+            validate.positive_int(self.proj_k, "proj_k")
+        elif self.proj_k is not None:
+            validate.fail("proj_k", "None unless attention='linformer'", self.proj_k)
         validate.real(self.rope_base, "rope_base", low=1.0, low_open=True)
         if not isinstance(self.tie_embeddings, (bool, np.bool_)):
             validate.fail("tie_embeddings", "a bool", repr(self.tie_embeddings))
@@ -124,7 +134,18 @@ def param_shapes(config: EncoderConfig) -> dict[str, tuple]:
     if not config.tie_embeddings:
         shapes["mlm_head.w"] = (D, V)
     shapes["mlm_head.b"] = (V,)
+    if config.attention == "linformer":                       # E, F: (k, max_len) or (H, k, max_len)
+        shapes.update(projection_shapes(config.n_layers, config.n_heads, config.proj_k, config.max_len,
+                                        config.sharing))
     return shapes
+
+
+def _core_params(config, layer):
+    """The attention core's parameters of one layer (Linformer's E, F by sharing mode), else None."""
+    if config.attention != "linformer":
+        return None
+    e, f = projection_names(f"blocks.{layer}.attn", layer, config.sharing)
+    return {"E": e, "F": f}
 
 
 def init_params(config: EncoderConfig, rng, dtype=np.float64) -> dict[str, np.ndarray]:
@@ -151,47 +172,10 @@ def init_params(config: EncoderConfig, rng, dtype=np.float64) -> dict[str, np.nd
     if not config.tie_embeddings:
         params["mlm_head.w"] = INIT_STD * rng.standard_normal((D, V))
     params["mlm_head.b"] = np.zeros(V)
+    for name, shape in param_shapes(config).items():
+        if name not in params:                                 # Linformer's E, F: the JL projection
+            params[name] = init_projection(rng, shape)
     return {k: v.astype(dtype) for k, v in params.items()}
-
-
-# --- BERT masking ------------------------------------------------------------------------------------
-
-def mask_tokens(tokens, rng, *, vocab_size, mask_id, mask_prob=0.15, padding_mask=None, special_ids=()):
-    """BERT's masked-LM corruption (Devlin et al. 2019 §3.1 and App. A.1), all randomness from ``rng``.
-
-    In every row, round(mask_prob * n) of its n eligible positions (at least one when n > 0; eligible:
-    not padded and not in ``special_ids``) are chosen uniformly without replacement, as BERT's data
-    generator does per sequence. Each chosen position is replaced by ``mask_id`` with probability 0.8,
-    by a token drawn uniformly from [0, vocab_size) with probability 0.1, and kept with probability 0.1.
-
-    tokens: (B, T) int in [0, vocab_size). padding_mask: bool (B, T), True = padding.
-    Returns (inputs (B, T) int64, targets (B, T) int64 with the original token at chosen positions and
-    -100 elsewhere).
-    """
-    vocab_size = validate.positive_int(vocab_size, "vocab_size")
-    mask_id = validate.integer(mask_id, "mask_id", low=0, high=vocab_size - 1)
-    tokens = validate.int_array(tokens, "tokens", ndim=2, low=0, high=vocab_size)
-    mask_prob = validate.real(mask_prob, "mask_prob", low=0.0, high=1.0, low_open=True)
-    if padding_mask is not None:
-        padding_mask = validate.bool_array(padding_mask, "padding_mask", shape=tokens.shape)
-    special = validate.int_array(np.asarray(tuple(special_ids), dtype=np.int64), "special_ids", ndim=1)
-    rng = validate.rng(rng)
-    B, T = tokens.shape
-    eligible = ~np.isin(tokens, special)                                     # (B, T)
-    if padding_mask is not None:
-        eligible &= ~padding_mask
-    n_eligible = eligible.sum(axis=1)                                        # (B,)
-    n_chosen = np.where(n_eligible > 0, np.maximum(1, np.floor(mask_prob * n_eligible + 0.5)), 0).astype(int)
-    keys = np.where(eligible, rng.random((B, T)), np.inf)                    # random order of eligible slots
-    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1)       # (B, T) rank of each slot
-    chosen = rank < n_chosen[:, None]                                        # (B, T)
-    u = rng.random((B, T))                                                   # 80 / 10 / 10 split
-    random_tokens = rng.integers(0, vocab_size, size=(B, T))
-    inputs = tokens.astype(np.int64)
-    inputs = np.where(chosen & (u < 0.8), mask_id, inputs)
-    inputs = np.where(chosen & (u >= 0.8) & (u < 0.9), random_tokens, inputs)
-    targets = np.where(chosen, tokens, IGNORE).astype(np.int64)
-    return inputs, targets
 
 
 # --- forward / backward ------------------------------------------------------------------------------
@@ -315,7 +299,8 @@ def _encode(params, config, x, c_emb, padding_mask, rng, training, linears, retu
         p = f"blocks.{i}."
         a, c_ln1 = layer_norm_forward(h, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
         y, c_attn = mha_forward(a, params, prefix=p + "attn", n_heads=config.n_heads, core=config.attention,
-                                causal=False, rope=rope, key_padding_mask=padding_mask, linears=linears)
+                                causal=False, rope=rope, key_padding_mask=padding_mask, linears=linears,
+                                core_params=_core_params(config, i))
         y, c_d1 = dropout_forward(y, p_drop, rng, training)
         h = h + y                                                                 # (B, T, D)
         a2, c_ln2 = layer_norm_forward(h, params[p + "ln2.weight"], params[p + "ln2.bias"], eps=config.ln_eps)

@@ -12,7 +12,13 @@ import numpy as np
 
 from ..core.registry import Op
 from ..reformer.chunked import chunked_backward, chunked_forward
-from ..reformer.lsh import lsh_attention_backward, lsh_attention_forward, random_rotations
+from ..reformer.layers import (feed_forward_backward, feed_forward_forward, lsh_self_attention_backward,
+                               lsh_self_attention_forward)
+from ..reformer.lsh import (lsh_attention_backward, lsh_attention_forward, random_rotations,
+                            shared_qk_attention_backward, shared_qk_attention_forward)
+from ..reformer.model import ReformerConfig, draw_rotations, init_params
+from ..reformer.model import backward as model_backward
+from ..reformer.model import forward as model_forward
 from ..reformer.reversible import (RevBlock, RevFunction, residual_stack_backward, residual_stack_forward,
                                    reversible_backward, reversible_forward)
 
@@ -111,4 +117,76 @@ GRADCHECKS += [
        make_inputs=_stack_inputs, covers=("scratch_transformers.reformer.reversible.residual_stack_backward",)),
     Op(name="reformer.chunked_feed_forward", forward=_chunked, backward=_chunked_backward,
        make_inputs=_chunked_inputs, covers=("scratch_transformers.reformer.chunked.chunked_backward",)),
+]
+
+
+# --- the Reformer's layers and the whole LM -------------------------------------------------------
+
+def _layer_params(rng, d=8, f=12):
+    p = {"a.ln.weight": 1 + 0.1 * rng.standard_normal(d), "a.ln.bias": 0.1 * rng.standard_normal(d),
+         "a.wqk": 0.5 * rng.standard_normal((d, d)), "a.wv": 0.5 * rng.standard_normal((d, d)),
+         "a.wo": 0.5 * rng.standard_normal((d, d)),
+         "m.ln.weight": 1 + 0.1 * rng.standard_normal(d), "m.ln.bias": 0.1 * rng.standard_normal(d),
+         "m.w1": 0.5 * rng.standard_normal((d, f)), "m.b1": 0.1 * rng.standard_normal(f),
+         "m.w2": 0.5 * rng.standard_normal((f, d)), "m.b2": 0.1 * rng.standard_normal(d)}
+    return p
+
+
+def _attn_inputs(rng, attention):
+    p = {k: v for k, v in _layer_params(rng).items() if k.startswith("a.")}
+    return {"x": rng.standard_normal((2, 9, 8)), "_rot": random_rotations(rng, 4, 2, 4), "_attention": attention, **p}
+
+
+def _attn_forward(x, _rot, _attention, **params):
+    return lsh_self_attention_forward(x, params, prefix="a", n_heads=2, attention=_attention, rotations=_rot,
+                                      bucket_size=3, causal=True)
+
+
+def _attn_backward(dy, cache):
+    dx, grads = lsh_self_attention_backward(dy, cache)
+    return {"x": dx, **grads}
+
+
+def _ff_inputs(rng):
+    return {"x": rng.standard_normal((2, 5, 8)), **{k: v for k, v in _layer_params(rng).items() if k.startswith("m.")}}
+
+
+def _ff_backward(dy, cache):
+    dx, grads = feed_forward_backward(dy, cache)
+    return {"x": dx, **grads}
+
+
+def _shared_qk_inputs(rng):
+    return dict(qk=rng.standard_normal((1, 2, 6, 4)), v=rng.standard_normal((1, 2, 6, 3)))
+
+
+def _model_config():
+    return ReformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_ff=12, max_len=16, n_hashes=2,
+                          bucket_size=3, ff_chunk=4)
+
+
+def _model_inputs(rng):
+    config = _model_config()
+    params = init_params(config, rng, std=0.5)
+    return {"_tokens": rng.integers(0, 7, size=(2, 10)), "_rot": draw_rotations(config, 10, rng), **params}
+
+
+def _model_forward(_tokens, _rot, **params):
+    return model_forward(params, _model_config(), _tokens, rotations=_rot)
+
+
+_REF = "scratch_transformers.reformer."
+_ATTN_WRT = ("x", "a.ln.weight", "a.ln.bias", "a.wqk", "a.wv", "a.wo")
+GRADCHECKS += [
+    Op(name="reformer.lsh_self_attention_layer", forward=_attn_forward, backward=_attn_backward,
+       make_inputs=lambda rng: _attn_inputs(rng, "lsh"), wrt=_ATTN_WRT, covers=(_REF + "layers.lsh_self_attention_backward",)),
+    Op(name="reformer.full_shared_qk_attention_layer", forward=_attn_forward, backward=_attn_backward,
+       make_inputs=lambda rng: _attn_inputs(rng, "full"), wrt=_ATTN_WRT, covers=(_REF + "layers.lsh_self_attention_backward",)),
+    Op(name="reformer.feed_forward", forward=lambda x, **p: feed_forward_forward(x, p, prefix="m"),
+       backward=_ff_backward, make_inputs=_ff_inputs, covers=(_REF + "layers.feed_forward_backward",)),
+    Op(name="reformer.shared_qk_attention", forward=lambda qk, v: shared_qk_attention_forward(qk, v, causal=True),
+       backward=shared_qk_attention_backward, make_inputs=_shared_qk_inputs, wrt=("qk", "v"),
+       covers=(_REF + "lsh.shared_qk_attention_backward",)),
+    Op(name="reformer.model", forward=_model_forward, backward=model_backward, make_inputs=_model_inputs,
+       covers=(_REF + "model.backward",)),
 ]

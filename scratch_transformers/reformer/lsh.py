@@ -48,6 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..attention.reference import AttentionCache, attention_backward, attention_forward
 from ..core import validate
 
 SELF_PENALTY = 1e5      # eq. (16): m_ii = 10^5, large but finite
@@ -293,7 +294,7 @@ def lsh_attention_backward(dout, cache: LSHCache):
     dv = to_tokens(_fold_look_one_back(dvv, m))
     dq = to_tokens(dsq)
     dk_hat = to_tokens(_fold_look_one_back(dkk, m))
-    dk = (dk_hat - k_hat * np.sum(k_hat * dk_hat, axis=-1, keepdims=True)) / cache.norm
+    dk = _normalise_backward(dk_hat, k_hat, cache.norm)
     return (dq + dk)[:, :, :n].astype(dt, copy=False), dv[:, :, :n].astype(dt, copy=False)
 
 
@@ -311,3 +312,40 @@ def lsh_attention_matrix(cache: LSHCache) -> np.ndarray:
     idx = (bh * n_pad + qpos[..., :, None]) * n_pad + kpos[..., None, :]
     dense = np.bincount(idx.ravel(), weights=a.ravel().astype(np.float64), minlength=b * h * n_pad * n_pad)
     return dense.reshape(b, h, n_pad, n_pad)[:, :, :n, :n].astype(cache.qk.dtype)
+
+
+# --- full shared-QK attention: what LSH attention approximates (the "Full" rows of Table 2) -------
+
+class SharedQKCache(NamedTuple):
+    attn: AttentionCache   # reference attention with q = qk, k = k_hat
+    k_hat: np.ndarray      # (B, H, N, d)
+    norm: np.ndarray       # (B, H, N, 1)
+
+
+def _normalise_backward(dk_hat, k_hat, norm):
+    """Adjoint of k_hat = qk / sqrt(||qk||^2 + eps): (dk_hat - k_hat (k_hat . dk_hat)) / norm."""
+    return (dk_hat - k_hat * np.sum(k_hat * dk_hat, axis=-1, keepdims=True)) / norm
+
+
+def shared_qk_attention_forward(qk, v, *, causal=False, scale=None, self_penalty=SELF_PENALTY):
+    """Dense shared-QK attention (§2): keys qk / ||qk||, logits scale * qk_i . k_j, the own position
+    penalised by eq. 16's 10^5, optional causal mask; every query sees every key. qk: (B, H, N, d),
+    v: (B, H, N, dv). Returns out (B, H, N, dv) and a SharedQKCache. NaN/inf propagate."""
+    qk = validate.float_array(qk, "qk", ndim=4)
+    v = validate.array(v, "v", shape=qk.shape[:3] + (None,), dtype=qk.dtype)
+    self_penalty = validate.positive(self_penalty, "self_penalty")
+    n = qk.shape[2]
+    norm = np.sqrt(np.sum(qk * qk, axis=-1, keepdims=True) + qk.dtype.type(NORM_EPS))
+    k_hat = qk / norm
+    bias = (-self_penalty * np.eye(n)).astype(qk.dtype)
+    out, attn = attention_forward(qk, k_hat, v, scale=scale, causal=causal, bias=bias)
+    return out, SharedQKCache(attn=attn, k_hat=k_hat, norm=norm)
+
+
+def shared_qk_attention_backward(dout, cache: SharedQKCache):
+    """Backward of shared_qk_attention_forward: the reference backward gives dq and dk_hat; the key's
+    normalisation is undone and both land on the shared qk. Returns (dqk, dv)."""
+    if not isinstance(cache, SharedQKCache):
+        validate.fail("cache", "the SharedQKCache returned by shared_qk_attention_forward", type(cache).__name__)
+    dq, dk_hat, dv, _ = attention_backward(dout, cache.attn)
+    return dq + _normalise_backward(dk_hat, cache.k_hat, cache.norm), dv

@@ -46,6 +46,7 @@ class GradcheckResult:
     reports: list[InputReport] = field(default_factory=list)
     tol: float = 1e-6
     eps: float = 1e-6
+    unchecked: list[str] = field(default_factory=list)  # inputs not in wrt (named in the report)
 
     @property
     def max_rel_error(self) -> float:
@@ -65,6 +66,8 @@ class GradcheckResult:
                 f"analytic={r.analytic_at_worst:.6e} numeric={r.numeric_at_worst:.6e} "
                 f"({r.n_checked}/{r.n_total} entries checked)"
             )
+        if self.unchecked:
+            lines.append("  not checked: " + ", ".join(self.unchecked))
         return "\n".join(lines)
 
     def assert_ok(self) -> "GradcheckResult":
@@ -100,7 +103,10 @@ def gradcheck(
     forward(**inputs) -> (y, cache), y an array, a float (e.g. a loss) or a tuple of them (None
     entries are skipped).
     backward(dy, cache) -> gradients: a dict {input name: grad} or a tuple in the order of ``wrt``.
-    wrt: the names to check (default: every float64 array in ``inputs``); they must be float64.
+    wrt: the names to check, each a float64 array (default: every float array in ``inputs``; a
+        float32/float16 array is then refused rather than skipped: cast it to float64, or leave it
+        out of an explicit ``wrt`` if it is not differentiated). Inputs not checked are named in
+        the report (``GradcheckResult.unchecked``).
     cotangent: the dy to use (same structure as y); default standard normal from ``rng``.
     max_entries: check at most this many entries per input, chosen by ``rng`` (default: all).
     The forward must be deterministic (pass dropout masks or seeded generators in ``inputs``).
@@ -112,7 +118,13 @@ def gradcheck(
     rng = validate.rng(rng if rng is not None else np.random.default_rng(0))
     inputs = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in inputs.items()}
     if wrt is None:
-        wrt = [k for k, v in inputs.items() if isinstance(v, np.ndarray) and v.dtype == np.float64]
+        # every float array is checked; one that is not float64 is refused, never silently skipped
+        wrt = [k for k, v in inputs.items() if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)]
+        for name in wrt:
+            if inputs[name].dtype != np.float64:
+                validate.fail(f"inputs[{name!r}]", "dtype float64 (gradcheck checks every float input in float64: "
+                              f"pass inputs[{name!r}].astype(np.float64), or list the inputs to check in wrt=)",
+                              inputs[name].dtype)
     wrt = list(wrt)
     if not wrt:
         validate.fail("wrt", "at least one float64 input to check", "none")
@@ -136,7 +148,7 @@ def gradcheck(
             validate.fail("backward", f"{len(wrt)} gradients (one per name in wrt={wrt})", f"{len(grads)}")
         grads = dict(zip(wrt, grads))
 
-    result = GradcheckResult(tol=tol, eps=eps)
+    result = GradcheckResult(tol=tol, eps=eps, unchecked=[k for k in inputs if k not in wrt])
     for name in wrt:
         x = inputs[name]
         g = grads.get(name)

@@ -102,3 +102,37 @@ def test_scalar_float_output(rng):
     assert res.passed, str(res)
     bad = gradcheck(fwd, lambda dl, x: (3 * x ** 2,), {"x": rng.standard_normal(6)})  # ignores dl
     assert not bad.passed
+
+
+def test_float32_input_is_never_silently_skipped(rng):
+    """issue 17: {x: float32, w: float64} used to check only w and PASS with a backward wrong by 100x in x."""
+    def bad_bwd(dy, cache):
+        g = _matmul_bwd(dy, cache)
+        return {"x": 100.0 * g["x"], "w": g["w"]}
+
+    inputs = {"x": rng.standard_normal((3, 4)).astype(np.float32), "w": rng.standard_normal((4, 2))}
+    with pytest.raises(ValueError, match=r"inputs\['x'\].*float64"):
+        gradcheck(_matmul_fwd, bad_bwd, inputs)
+    # naming the float32 input as not differentiated is an explicit choice, and the report says so
+    res = gradcheck(_matmul_fwd, _matmul_bwd, inputs, wrt=["w"])
+    assert res.passed
+    assert res.unchecked == ["x"]
+    assert "not checked: x" in str(res)
+
+
+def test_float16_input_is_refused_too(rng):
+    with pytest.raises(ValueError, match=r"inputs\['x'\].*float64"):
+        gradcheck(_matmul_fwd, _matmul_bwd, {"x": np.ones((2, 2), np.float16), "w": np.ones((2, 2))})
+
+
+def test_report_names_every_input_it_did_not_check(rng):
+    def fwd(x, w, scale):
+        return scale * (x @ w), (x, w, scale)
+
+    def bwd(dy, cache):
+        x, w, scale = cache
+        return {"x": scale * dy @ w.T, "w": scale * x.T @ dy}
+
+    res = gradcheck(fwd, bwd, {"x": rng.standard_normal((3, 4)), "w": rng.standard_normal((4, 2)), "scale": 0.5})
+    assert res.passed and res.unchecked == ["scale"]
+    assert "not checked: scale" in str(res)

@@ -17,6 +17,9 @@ Glossary (code symbol -> derivations/core.md symbol)
 Numerics: softmax and log-softmax subtract the row max; rows whose entries are all ``-inf``
 (fully masked) give softmax 0 and log-softmax -inf, never NaN. sigmoid and softplus are written so
 that exp is only ever taken of a non-positive number, so x = +-1e4 is fine in both dtypes.
+Infinite inputs give the function's limit where it has one (softmax of a row with one +inf entry is
+that entry's one-hot; silu(-inf) = gelu(-inf) = 0, and the derivatives' limits 0 and 1), and NaN
+where it has none (two +inf entries in a softmax row) or where the input is NaN.
 """
 
 from __future__ import annotations
@@ -61,17 +64,47 @@ def _row_max(x: np.ndarray, axis: int) -> np.ndarray:
     return np.where(np.isfinite(m), m, np.zeros((), dtype=x.dtype))
 
 
+def _plus_inf_rows(x: np.ndarray, axis: int, log: bool):
+    """(rows, limit) for the rows holding +inf (and no NaN), or None if there are none.
+
+    As x_i -> +inf alone, softmax(x) -> one-hot(i) and log_softmax(x) -> 0 at i, -inf elsewhere.
+    With two or more +inf entries the split between them has no limit (it depends on how they grow):
+    those entries are NaN, the finite entries still get their limit 0 (log: -inf).
+    """
+    rows = np.isposinf(np.max(x, axis=axis, keepdims=True))     # a row with NaN has max NaN: not here
+    if not rows.any():
+        return None
+    hit = np.isposinf(x)
+    unique = np.sum(hit, axis=axis, keepdims=True) == 1
+    at_hit = np.where(unique, x.dtype.type(0.0 if log else 1.0), x.dtype.type(np.nan))
+    return rows, np.where(hit, at_hit, x.dtype.type(-np.inf if log else 0.0))
+
+
+def _finite_limit(x: np.ndarray, y: np.ndarray, at_minus_inf=None, at_plus_inf=None) -> np.ndarray:
+    """y with its limit substituted where x = -inf / +inf (the formula's inf * 0 there is NaN)."""
+    if at_minus_inf is not None:
+        y = np.where(np.isneginf(x), x.dtype.type(at_minus_inf), y)
+    if at_plus_inf is not None:
+        y = np.where(np.isposinf(x), x.dtype.type(at_plus_inf), y)
+    return y
+
+
 def softmax(x, axis: int = -1) -> np.ndarray:
     """Softmax along ``axis``: y_i = exp(x_i - m) / sum_j exp(x_j - m), m = max_j x_j.
 
     x: (...) float32/float64, entries may be -inf (masked). Returns y with x's shape and dtype;
-    rows that are entirely -inf give all zeros.
+    rows that are entirely -inf give all zeros; a row with one +inf entry gives its one-hot (the
+    limit), with several +inf entries NaN on those (no limit); a NaN makes its row NaN.
     """
     x = validate.float_array(x, "x", min_ndim=1)
     axis = _axis(axis, x)
+    inf_rows = _plus_inf_rows(x, axis, log=False)
+    if inf_rows is not None:
+        x = np.where(inf_rows[0], np.zeros((), dtype=x.dtype), x)   # computed below, then replaced
     e = np.exp(x - _row_max(x, axis))                        # (...) in (0, 1], 0 where x = -inf
     z = np.sum(e, axis=axis, keepdims=True)                  # (..., 1, ...) >= 1 unless fully masked
-    return e / np.where(z == 0, np.ones((), dtype=x.dtype), z)          # NaN rows stay NaN
+    y = e / np.where(z == 0, np.ones((), dtype=x.dtype), z)  # z = 0: fully masked; z = NaN stays NaN
+    return y if inf_rows is None else np.where(inf_rows[0], inf_rows[1], y)
 
 
 def softmax_forward(x, axis: int = -1):
@@ -97,14 +130,19 @@ class LogSoftmaxCache(NamedTuple):
 def log_softmax(x, axis: int = -1) -> np.ndarray:
     """log softmax along ``axis``: y_i = x_i - m - log sum_j exp(x_j - m).
 
-    x: (...). Returns y with x's shape and dtype; fully -inf rows give -inf (not NaN).
+    x: (...). Returns y with x's shape and dtype; fully -inf rows give -inf (not NaN); rows with
+    +inf entries give softmax's limit in log form (see softmax).
     """
     x = validate.float_array(x, "x", min_ndim=1)
     axis = _axis(axis, x)
+    inf_rows = _plus_inf_rows(x, axis, log=True)
+    if inf_rows is not None:
+        x = np.where(inf_rows[0], np.zeros((), dtype=x.dtype), x)   # computed below, then replaced
     shifted = x - _row_max(x, axis)                          # (...) <= 0
     z = np.sum(np.exp(shifted), axis=axis, keepdims=True)    # (..., 1, ...)
-    # fully masked rows: z = 0; use log 1 so the row stays -inf - 0 = -inf (no inf - inf)
-    return shifted - np.log(np.where(z == 0, np.ones((), dtype=x.dtype), z))   # NaN rows stay NaN
+    # fully masked rows: z = 0; use log 1 so the row stays -inf - 0 = -inf (no inf - inf); NaN stays NaN
+    y = shifted - np.log(np.where(z == 0, np.ones((), dtype=x.dtype), z))
+    return y if inf_rows is None else np.where(inf_rows[0], inf_rows[1], y)
 
 
 def log_softmax_forward(x, axis: int = -1):
@@ -161,23 +199,29 @@ class SiluCache(NamedTuple):
 
 
 def silu(x) -> np.ndarray:
-    """SiLU / swish, y = x * sigma(x) (Elfwing et al. 2018; Ramachandran et al. 2017). x: (...)."""
+    """SiLU / swish, y = x * sigma(x) (Elfwing et al. 2018; Ramachandran et al. 2017). x: (...).
+
+    silu(-inf) = 0, its limit (the product -inf * 0 would be NaN)."""
     x = validate.float_array(x, "x")
-    return x * sigmoid(x)
+    with np.errstate(invalid="ignore"):
+        return _finite_limit(x, x * sigmoid(x), at_minus_inf=0.0)
 
 
 def silu_forward(x):
     """SiLU with cache. x: (...). Returns y (...), SiluCache."""
     x = validate.float_array(x, "x")
     s = sigmoid(x)
-    return x * s, SiluCache(x, s)
+    with np.errstate(invalid="ignore"):
+        return _finite_limit(x, x * s, at_minus_inf=0.0), SiluCache(x, s)
 
 
 def silu_backward(dy, cache: SiluCache) -> np.ndarray:
-    """dx = dy * s * (1 + x (1 - s)); core.md#activations."""
+    """dx = dy * s * (1 + x (1 - s)); core.md#activations. At x = -inf / +inf the limits 0 / 1."""
     x, s = cache
     dy = validate.float_array(dy, "dy", shape=x.shape)
-    return dy * s * (1 + x * (1 - s))
+    with np.errstate(invalid="ignore"):
+        ds = _finite_limit(x, s * (1 + x * (1 - s)), at_minus_inf=0.0, at_plus_inf=1.0)
+    return dy * ds
 
 
 class SoftplusCache(NamedTuple):
@@ -301,14 +345,15 @@ def gelu(x, approximate: str = "tanh") -> np.ndarray:
 
     approximate="erf": exact, Phi(x) = (1 + erf(x / sqrt 2)) / 2.
     approximate="tanh": y = x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (GPT-2's form).
-    x: (...). Returns y, same shape and dtype.
+    x: (...). Returns y, same shape and dtype; gelu(-inf) = 0 (the limit).
     """
     x = validate.float_array(x, "x")
     validate.option(approximate, "approximate", ("tanh", "erf"))
-    if approximate == "erf":
-        return x * _normal_cdf(x)
-    _, t = _gelu_tanh_parts(x)
-    return 0.5 * x * (1 + t)
+    with np.errstate(invalid="ignore"):                      # -inf * 0 at x = -inf: its limit 0 below
+        if approximate == "erf":
+            return _finite_limit(x, x * _normal_cdf(x), at_minus_inf=0.0)
+        _, t = _gelu_tanh_parts(x)
+        return _finite_limit(x, 0.5 * x * (1 + t), at_minus_inf=0.0)
 
 
 def gelu_forward(x, approximate: str = "tanh"):
@@ -327,7 +372,9 @@ def gelu_backward(dy, cache: GeluCache) -> np.ndarray:
     dy = validate.float_array(dy, "dy", shape=x.shape)
     if approximate == "erf":
         phi = np.exp(-0.5 * x * x) / np.asarray(math.sqrt(2 * math.pi), dtype=x.dtype)
-        return dy * (_normal_cdf(x) + x * phi)
+        with np.errstate(invalid="ignore"):                  # x phi(x) -> 0 at x = +-inf
+            x_phi = _finite_limit(x, x * phi, at_minus_inf=0.0, at_plus_inf=0.0)
+        return dy * (_normal_cdf(x) + x_phi)
     xc, t = _gelu_tanh_parts(x)
     du = _GELU_C * (1 + 3 * _GELU_A * xc * xc)
     return dy * (0.5 * (1 + t) + 0.5 * xc * (1 - t * t) * du)

@@ -56,8 +56,14 @@ def visible_mask(n_q: int, n_k: int, *, causal: bool, causal_alignment: str = "t
     """Boolean (B|1, 1, Nq, Nk) mask, True where query i may attend to key j.
 
     Causal (FA-2 §3.1.1: S_ij = -inf for j > i): top_left keeps j <= i, bottom_right keeps
-    j <= i + Nk - Nq. key_padding_mask (B, Nk): True = padded key, never visible.
+    j <= i + Nk - Nq. key_padding_mask (B, Nk) bool: True = padded key, never visible.
     """
+    n_q = validate.positive_int(n_q, "n_q")
+    n_k = validate.positive_int(n_k, "n_k")
+    causal = validate.flag(causal, "causal")
+    validate.option(causal_alignment, "causal_alignment", CAUSAL_ALIGNMENTS)
+    if key_padding_mask is not None:   # a bool mask: ~ of an int mask is bitwise (~1 = -2, truthy)
+        key_padding_mask = validate.bool_array(key_padding_mask, "key_padding_mask", shape=(None, n_k))
     i = np.arange(n_q)[:, None]
     j = np.arange(n_k)[None, :]
     if causal:

@@ -112,6 +112,10 @@ def cmd_check(args) -> int:
     from .core.registry import all_ops
 
     ops = [op for op in all_ops() if args.only is None or args.only in op.name]
+    if not ops:   # checking nothing must not look like success
+        print(f"--only {args.only!r}: no registered op name contains it (`python -m scratch_transformers list` "
+              "shows them)", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(args.seed)
     print(f"{'op':<40} {'max rel err':>12} {'tol':>8}  result")
     n_fail = 0

@@ -70,6 +70,7 @@ def flash_hbm_accesses(n: int, d: int, m_sram: int | None = None, *, order: str 
     d = validate.positive_int(d, "d")
     n_k = n if n_k is None else validate.positive_int(n_k, "n_k")
     validate.option(order, "order", ORDERS)
+    causal = validate.flag(causal, "causal")
     if block_q is None or block_k is None:
         if m_sram is None:
             validate.fail("m_sram", "an int (or both block_q and block_k)", None)
@@ -136,6 +137,7 @@ def simulate_flash_io(q, k, v, *, block_q: int, block_k: int, order: str = "fa1"
     k = validate.array(k, "k", shape=(None, q.shape[1]), dtype=q.dtype)
     v = validate.array(v, "v", shape=(k.shape[0], None), dtype=q.dtype)
     validate.option(order, "order", ORDERS)
+    causal = validate.flag(causal, "causal")
     block_q = validate.positive_int(block_q, "block_q")
     block_k = validate.positive_int(block_k, "block_k")
     n, d = q.shape

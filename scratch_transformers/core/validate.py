@@ -46,6 +46,8 @@ def array(
     wildcard. dtype: exact dtype required (e.g. that of another argument). float_dtype: require
     float32 or float64. finite: require no NaN/inf.
     """
+    float_dtype = flag(float_dtype, "float_dtype")
+    finite = flag(finite, "finite")
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple, numbers.Number)):
             x = np.asarray(x)
@@ -122,6 +124,13 @@ def same_dtype(x: np.ndarray, name: str, ref: np.ndarray, ref_name: str) -> np.n
     return x
 
 
+def flag(value, name: str) -> bool:
+    """A bool option: True or False (numpy's bool too), never a truthy stand-in such as "no", 1 or None."""
+    if not isinstance(value, (bool, np.bool_)):
+        fail(name, "True or False", repr(value))
+    return bool(value)
+
+
 def option(value, name: str, choices: Iterable):
     """Check that ``value`` is one of ``choices``."""
     choices = tuple(choices)
@@ -149,6 +158,8 @@ def positive_int(value, name: str) -> int:
 def real(value, name: str, *, low: float | None = None, high: float | None = None,
          low_open: bool = False, high_open: bool = False) -> float:
     """Check a finite real scalar in the given interval (closed unless ``*_open``)."""
+    low_open = flag(low_open, "low_open")
+    high_open = flag(high_open, "high_open")
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
         fail(name, "a finite real number", repr(value))
     value = float(value)

@@ -66,6 +66,7 @@ def init_mamba_block(rng, d_model, *, d_state=16, expand=2, d_conv=4, dt_rank=No
     dt_max = validate.real(dt_max, "dt_max", low=dt_min)
     validate.option(dt_init, "dt_init", DT_INITS)
     n_layers = validate.positive_int(n_layers, "n_layers")
+    selective = validate.flag(selective, "selective")
     dtype = np.dtype(dtype)
     if dtype not in validate.FLOAT_DTYPES:
         validate.fail("dtype", "float32 or float64", dtype)

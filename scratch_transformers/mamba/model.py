@@ -177,7 +177,7 @@ def generate(params, config, prompt, n_new, *, rng, temperature=1.0, top_k=None,
     if prompt.shape[1] < 1:
         validate.fail("prompt", "at least one token per sequence", prompt.shape)
     n_new = validate.integer(n_new, "n_new", low=0)
-    if not greedy:
+    if not validate.flag(greedy, "greedy"):
         temperature = validate.positive(temperature, "temperature")
     if top_k is not None:
         top_k = validate.integer(top_k, "top_k", low=1, high=config.vocab_size)

@@ -525,6 +525,7 @@ def selective_scan_step(h, u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     Returns (out_t (b, D), h_t (b, D, N)), the same numbers the scan gives at step t.
     """
     u = validate.float_array(u, "u", ndim=2)
+    delta_softplus = validate.flag(delta_softplus, "delta_softplus")
     nb, Dd = u.shape
     A = validate.same_dtype(validate.float_array(A, "A", ndim=2), "A", u, "u")
     if A.shape[0] != Dd:

@@ -179,6 +179,22 @@ def probability(value, name: str) -> float:
     return real(value, name, low=0.0, high=1.0, high_open=True)
 
 
+def sampling_logits(x, name: str = "logits") -> np.ndarray:
+    """Logits (B, V) to sample or argmax a token from: float, no NaN or +inf, and at least one entry
+    per row above -inf (-inf entries are masked tokens). The token is discrete, so a non-finite row
+    cannot propagate as NaN: it is refused here rather than turned into token 0."""
+    x = array(x, name, ndim=2, float_dtype=True)
+    if x.shape[1] < 1:
+        fail(name, "at least one token (V >= 1)", x.shape)
+    if np.isnan(x).any() or np.isposinf(x).any():
+        rows = np.nonzero(np.isnan(x).any(axis=1) | np.isposinf(x).any(axis=1))[0]
+        fail(name, "no NaN or +inf (the model or its parameters are not finite)", f"one in row(s) {rows.tolist()}")
+    empty = ~np.any(x > -np.inf, axis=1)
+    if empty.any():
+        fail(name, "at least one entry above -inf per row", f"rows {np.nonzero(empty)[0].tolist()} entirely -inf")
+    return x
+
+
 def rng(value, name: str = "rng") -> np.random.Generator:
     """All randomness comes from an explicit ``numpy.random.Generator``."""
     if not isinstance(value, np.random.Generator):

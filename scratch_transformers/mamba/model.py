@@ -185,6 +185,7 @@ def generate(params, config, prompt, n_new, *, rng, temperature=1.0, top_k=None,
     last = logits[:, -1].astype(np.float64)                                            # (b, V)
     out = [prompt]
     for _ in range(n_new):
+        validate.sampling_logits(last, "logits")     # NaN/inf logits are refused, never token 0
         if greedy:
             nxt = np.argmax(last, axis=-1)
         else:

@@ -48,7 +48,7 @@ class TransformerDecoder:
         tokens = validate.int_array(tokens, "tokens", ndim=1, low=0, high=self.config.vocab_size)
         if not 1 <= tokens.shape[0] <= self.capacity - self.length:
             validate.fail("tokens", f"1 .. {self.capacity - self.length} tokens (cache room)", tokens.shape[0])
-        n_out = validate.integer(n_out, "n_out", low=1, high=tokens.shape[0] + 1)
+        n_out = validate.integer(n_out, "n_out", low=1, high=tokens.shape[0])
         return tokens, n_out
 
     def extend(self, tokens, n_out=1):
@@ -59,6 +59,6 @@ class TransformerDecoder:
         return logits[0, -n_out:]
 
     def rollback(self, length):
-        length = validate.integer(length, "length", low=0, high=self.length + 1)
+        length = validate.integer(length, "length", low=0, high=self.length)
         for layer in self.cache:
             layer.length = length

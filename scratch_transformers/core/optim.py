@@ -124,11 +124,10 @@ class SGD:
 
     def load_state_dict(self, state: dict) -> None:
         _check_state_type(state, self.kind)
-        self.lr = float(state["lr"])
-        self.momentum = float(state["momentum"])
-        self.weight_decay = float(state["weight_decay"])
-        self.buffers = {k.split("/", 1)[1]: np.array(v) for k, v in state.items()
-                        if k.startswith("momentum_buffer/")}
+        lr, momentum, weight_decay = (_state_scalar(state, k) for k in ("lr", "momentum", "weight_decay"))
+        buffers = {k.split("/", 1)[1]: np.array(v) for k, v in state.items() if k.startswith("momentum_buffer/")}
+        # everything read and checked: only now is the optimizer changed
+        self.lr, self.momentum, self.weight_decay, self.buffers = lr, momentum, weight_decay, buffers
 
 
 class AdamW:
@@ -209,18 +208,26 @@ class AdamW:
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict` (``no_decay`` is code, not state: it is kept)."""
         _check_state_type(state, self.kind)
-        self.lr = float(state["lr"])
+        lr, eps, weight_decay = (_state_scalar(state, k) for k in ("lr", "eps", "weight_decay"))
+        if "betas" not in state or np.shape(state["betas"]) != (2,):
+            validate.fail("state", "a 'betas' entry of shape (2,)", "none" if "betas" not in state
+                          else f"shape {np.shape(state['betas'])}")
         b = np.asarray(state["betas"], dtype=np.float64)
-        self.betas = (float(b[0]), float(b[1]))
-        self.eps = float(state["eps"])
-        self.weight_decay = float(state["weight_decay"])
-        self.exp_avg, self.exp_avg_sq, self.steps = {}, {}, {}
-        for key, value in state.items():
-            if key.startswith("exp_avg/"):
-                name = key.split("/", 1)[1]
-                self.exp_avg[name] = np.array(value)
-                self.exp_avg_sq[name] = np.array(state[f"exp_avg_sq/{name}"])
-                self.steps[name] = int(state[f"step/{name}"])
+        exp_avg, exp_avg_sq, steps = {}, {}, {}
+        names = {k.split("/", 1)[1] for k in state if k.split("/", 1)[0] in ("exp_avg", "exp_avg_sq", "step")}
+        for name in sorted(names):
+            for key in (f"exp_avg/{name}", f"exp_avg_sq/{name}", f"step/{name}"):
+                if key not in state:
+                    validate.fail("state", f"an entry {key!r} (each parameter has exp_avg, exp_avg_sq and step)", "none")
+            exp_avg[name] = np.array(state[f"exp_avg/{name}"])
+            exp_avg_sq[name] = np.array(state[f"exp_avg_sq/{name}"])
+            if exp_avg_sq[name].shape != exp_avg[name].shape:
+                validate.fail(f"state['exp_avg_sq/{name}']", f"shape {exp_avg[name].shape} (as exp_avg)",
+                              exp_avg_sq[name].shape)
+            steps[name] = int(state[f"step/{name}"])
+        # everything read and checked: only now is the optimizer changed
+        self.lr, self.betas, self.eps, self.weight_decay = lr, (float(b[0]), float(b[1])), eps, weight_decay
+        self.exp_avg, self.exp_avg_sq, self.steps = exp_avg, exp_avg_sq, steps
 
 
 def _n_positional(fn: Callable) -> int:
@@ -236,6 +243,13 @@ def _n_positional(fn: Callable) -> int:
         if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD):
             n += 1
     return n
+
+
+def _state_scalar(state, key: str) -> float:
+    """A scalar entry of a state dict, named in the error if it is missing."""
+    if key not in state or np.ndim(state[key]) != 0:
+        validate.fail("state", f"a scalar entry {key!r}", "none" if key not in state else f"shape {np.shape(state[key])}")
+    return float(state[key])
 
 
 def _check_state_type(state, kind: str) -> None:

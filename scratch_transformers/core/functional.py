@@ -117,6 +117,7 @@ def softmax_forward(x, axis: int = -1):
 
 def softmax_backward(dy, cache: SoftmaxCache) -> np.ndarray:
     """dx = y * (dy - sum(dy * y)) along the axis (Jacobian diag(y) - y y^T); core.md#softmax."""
+    validate.cache(cache, SoftmaxCache, "softmax_forward")
     y, axis = cache
     dy = validate.float_array(dy, "dy", shape=y.shape)
     return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
@@ -155,6 +156,7 @@ def log_softmax_forward(x, axis: int = -1):
 
 def log_softmax_backward(dy, cache: LogSoftmaxCache) -> np.ndarray:
     """dx = dy - softmax(x) * sum(dy) along the axis; core.md#log-softmax."""
+    validate.cache(cache, LogSoftmaxCache, "log_softmax_forward")
     p, axis = cache
     dy = validate.float_array(dy, "dy", shape=p.shape)
     return dy - p * np.sum(dy, axis=axis, keepdims=True)
@@ -188,6 +190,7 @@ def sigmoid_forward(x):
 
 def sigmoid_backward(dy, cache: SigmoidCache) -> np.ndarray:
     """dx = dy * y * (1 - y); core.md#activations."""
+    validate.cache(cache, SigmoidCache, "sigmoid_forward")
     (y,) = cache
     dy = validate.float_array(dy, "dy", shape=y.shape)
     return dy * y * (1 - y)
@@ -217,6 +220,7 @@ def silu_forward(x):
 
 def silu_backward(dy, cache: SiluCache) -> np.ndarray:
     """dx = dy * s * (1 + x (1 - s)); core.md#activations. At x = -inf / +inf the limits 0 / 1."""
+    validate.cache(cache, SiluCache, "silu_forward")
     x, s = cache
     dy = validate.float_array(dy, "dy", shape=x.shape)
     with np.errstate(invalid="ignore"):
@@ -246,6 +250,7 @@ def softplus_forward(x):
 
 def softplus_backward(dy, cache: SoftplusCache) -> np.ndarray:
     """d softplus / dx = sigma(x); core.md#activations."""
+    validate.cache(cache, SoftplusCache, "softplus_forward")
     (x,) = cache
     dy = validate.float_array(dy, "dy", shape=x.shape)
     return dy * sigmoid(x)
@@ -368,6 +373,7 @@ def gelu_backward(dy, cache: GeluCache) -> np.ndarray:
 
     See derivations/core.md#activations.
     """
+    validate.cache(cache, GeluCache, "gelu_forward")
     x, approximate = cache
     dy = validate.float_array(dy, "dy", shape=x.shape)
     if approximate == "erf":

@@ -75,6 +75,7 @@ def linear_backward(dy, cache: LinearCache):
 
     dy: (..., d_out). Returns (dx (..., d_in), dw (d_in, d_out), db (d_out,) or None).
     """
+    validate.cache(cache, LinearCache, "linear_forward")
     x, w, has_bias = cache
     dy = validate.float_array(dy, "dy", shape=x.shape[:-1] + (w.shape[1],))
     x2 = x.reshape(-1, w.shape[0])                               # (rows, d_in)
@@ -140,6 +141,7 @@ def embedding_backward(dy, cache: EmbeddingCache) -> np.ndarray:
 
     dy: (..., d). Returns dtable (V, d).
     """
+    validate.cache(cache, EmbeddingCache, "embedding_forward")
     ids, (V, d), dtype = cache
     dy = validate.float_array(dy, "dy", shape=ids.shape + (d,))
     dtable = np.zeros((V, d), dtype=dtype)
@@ -187,6 +189,7 @@ def layer_norm_backward(dy, cache: LayerNormCache):
 
     dy: (..., d). Returns (dx (..., d), dweight (d,), dbias (d,)).
     """
+    validate.cache(cache, LayerNormCache, "layer_norm_forward")
     x_hat, rstd, weight = cache
     dy = validate.float_array(dy, "dy", shape=x_hat.shape)
     dweight = np.sum(dy * x_hat, axis=_lead_axes(dy))            # (d,)
@@ -226,6 +229,7 @@ def rms_norm_backward(dy, cache: RMSNormCache):
 
     dy: (..., d). Returns (dx (..., d), dweight (d,)).
     """
+    validate.cache(cache, RMSNormCache, "rms_norm_forward")
     x_hat, inv_rms, weight = cache
     dy = validate.float_array(dy, "dy", shape=x_hat.shape)
     dweight = np.sum(dy * x_hat, axis=_lead_axes(dy))            # (d,)
@@ -267,6 +271,7 @@ def dropout_forward(x, p: float, rng: np.random.Generator | None, training: bool
 
 def dropout_backward(dy, cache: DropoutCache) -> np.ndarray:
     """dx = dy * keep / (1 - p) (the same mask as the forward); identity if the forward was."""
+    validate.cache(cache, DropoutCache, "dropout_forward")
     mask, scale = cache
     dy = validate.float_array(dy, "dy")
     if mask is None:
@@ -322,6 +327,7 @@ def cross_entropy_backward(dloss, cache: CrossEntropyCache) -> np.ndarray:
 
     core.md#cross-entropy. dloss: scalar. Returns dlogits (..., V).
     """
+    validate.cache(cache, CrossEntropyCache, "cross_entropy_forward")
     p, targets, valid, denom = cache
     if np.ndim(dloss) != 0:
         validate.fail("dloss", "a scalar", f"shape {np.shape(dloss)}")
@@ -376,6 +382,7 @@ def causal_conv1d_backward(dy, cache: CausalConv1dCache):
 
     core.md#causal-conv1d. dy: (B, L, C). Returns (dx (B, L, C), dw (C, K), db (C,) or None).
     """
+    validate.cache(cache, CausalConv1dCache, "causal_conv1d_forward")
     x_pad, w, has_bias = cache
     B, Lp, C = x_pad.shape
     K = w.shape[1]

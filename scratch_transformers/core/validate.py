@@ -124,6 +124,14 @@ def same_dtype(x: np.ndarray, name: str, ref: np.ndarray, ref_name: str) -> np.n
     return x
 
 
+def cache(value, cls: type, producer: str):
+    """A backward's cache must be its own forward's: another op's NamedTuple unpacks just as well and
+    gives garbage. Returns value."""
+    if not isinstance(value, cls):
+        fail("cache", f"the {cls.__name__} returned by {producer}", type(value).__name__)
+    return value
+
+
 def flag(value, name: str) -> bool:
     """A bool option: True or False (numpy's bool too), never a truthy stand-in such as "no", 1 or None."""
     if not isinstance(value, (bool, np.bool_)):

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..core import validate
-from ..core.layers import (LinearCache, RMSNormCache, linear_backward, linear_forward, rms_norm_backward,
+from ..core.layers import (ProjectionCache, RMSNormCache, project_backward, project_forward, rms_norm_backward,
                            rms_norm_forward)
 from .quant import absmax_int8, absmean_ternary
 
@@ -45,7 +45,7 @@ RMS_EPS = 1e-6   # the reference model's rms_norm_eps
 
 class BitLinearCache(NamedTuple):
     norm: RMSNormCache   # x_hat (..., d_in), inv_rms (..., 1), norm_weight (d_in,)
-    lin: LinearCache     # x_q (..., d_in), w_q (d_in, d_out): the quantised operands of the product
+    lin: ProjectionCache  # inner LinearCache: x_q (..., d_in), w_q (d_in, d_out), the quantised operands
     quantize: bool
 
 
@@ -55,18 +55,17 @@ def bitlinear_forward(x, w, norm_weight, *, quantize: bool = True, eps: float = 
     x: (..., d_in), w: (d_in, d_out), norm_weight: (d_in,), one float dtype. quantize=False: the float layer.
     Returns y (..., d_out) and a BitLinearCache.
     """
-    x = validate.float_array(x, "x", min_ndim=1, finite=bool(quantize))
-    w = validate.array(w, "w", shape=(x.shape[-1], None), dtype=x.dtype, finite=bool(quantize))
-    norm_weight = validate.array(norm_weight, "norm_weight", shape=(x.shape[-1],), dtype=x.dtype,
-                                 finite=bool(quantize))
-    quantize = bool(validate.option(quantize, "quantize", (True, False)))
+    quantize = validate.flag(quantize, "quantize")
+    x = validate.float_array(x, "x", min_ndim=1, finite=quantize)
+    w = validate.array(w, "w", shape=(x.shape[-1], None), dtype=x.dtype, finite=quantize)
+    norm_weight = validate.array(norm_weight, "norm_weight", shape=(x.shape[-1],), dtype=x.dtype, finite=quantize)
     x_bar, norm_cache = rms_norm_forward(x, norm_weight, eps)        # (..., d_in)
     if quantize:
         x_q = absmax_int8(x_bar).values                             # (..., d_in) int8 codes * s_x
         w_q = absmean_ternary(w).values                             # (d_in, d_out) ternary codes * gamma
     else:
         x_q, w_q = x_bar, w
-    y, lin_cache = linear_forward(x_q, w_q)                         # (..., d_out)
+    y, lin_cache = project_forward(x_q, {"w": w_q}, "w")            # (..., d_out) the plain projection x_q @ w_q
     return y, BitLinearCache(norm_cache, lin_cache, quantize)
 
 
@@ -77,10 +76,13 @@ def bitlinear_backward(dy, cache: BitLinearCache):
     """
     if not isinstance(cache, BitLinearCache):
         validate.fail("cache", "a BitLinearCache from bitlinear_forward", type(cache).__name__)
-    x_q, w_q = cache.lin.x, cache.lin.w
+    if not isinstance(cache.lin, ProjectionCache):
+        validate.fail("cache", "a BitLinearCache whose lin is a ProjectionCache", type(cache.lin).__name__)
+    x_q, w_q = cache.lin.inner.x, cache.lin.inner.w
     if cache.norm.x_hat.shape != x_q.shape or w_q.shape[0] != x_q.shape[-1]:
         validate.fail("cache", "consistent shapes", f"x_hat {cache.norm.x_hat.shape}, x_q {x_q.shape}, w_q {w_q.shape}")
     dy = validate.float_array(dy, "dy", shape=x_q.shape[:-1] + (w_q.shape[1],))
-    dx_bar, dw, _ = linear_backward(dy, cache.lin)                  # STE: d x_bar = d x_q, d W = d W_q
+    dx_bar, grads = project_backward(dy, cache.lin)                 # STE: d x_bar = d x_q, d W = d W_q
+    dw = grads["w"]
     dx, dnorm_weight = rms_norm_backward(dx_bar, cache.norm)
     return dx, dw, dnorm_weight

@@ -30,7 +30,7 @@ def test_quantised_is_two_bitlinears(rng):
     g, u = gu[:, :16], gu[:, 16:]
     want, _ = bitlinear_forward(g / (1 + np.exp(-g)) * u, p["w_d"], p["n_d"])
     np.testing.assert_allclose(y, want, rtol=1e-13, atol=1e-15)
-    assert len(np.unique(cache.down.lin.w)) <= 3                      # ternary down projection
+    assert len(np.unique(cache.down.lin.inner.w)) <= 3                      # ternary down projection
 
 
 def test_hidden_width_rule():

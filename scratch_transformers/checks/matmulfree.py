@@ -14,6 +14,7 @@ from ..core.registry import Op
 from ..matmulfree.bitlinear import bitlinear_backward, bitlinear_forward
 from ..matmulfree.glu import glu_backward, glu_forward, glu_init
 from ..matmulfree.mlgru import mlgru_backward, mlgru_forward, mlgru_init
+from ..matmulfree import model as mmf
 
 _M = "scratch_transformers.matmulfree."
 
@@ -56,6 +57,25 @@ def _glu_backward(dy, cache):
     return {"x": dx, **grads}
 
 
+def _lm_op(variant):
+    """The whole LM (float layers), 2 layers, T = 7: embedding, MLGRU and GLU blocks, head; the official variant
+    with HGRN lower bounds (Gamma random so the softmax backward is exercised)."""
+    config = mmf.MatMulFreeConfig(vocab_size=9, d_model=4, n_layers=2, glu_hidden=3, variant=variant,
+                                  lower_bound=variant == "official", quantize=False)
+
+    def make(rng):
+        params = mmf.init_params(config, rng, std=0.5)
+        if "lb_gamma" in params:
+            params["lb_gamma"] = rng.standard_normal(params["lb_gamma"].shape)
+        params["tokens"] = rng.integers(0, 9, size=(2, 7))
+        return params
+
+    def forward(tokens, **params):
+        return mmf.forward(params, config, tokens)
+
+    return make, forward
+
+
 GRADCHECKS = [
     Op("matmulfree.bitlinear_float", lambda x, w, norm_weight: bitlinear_forward(x, w, norm_weight, quantize=False),
        bitlinear_backward, _bitlinear_inputs, covers=(_M + "bitlinear.bitlinear_backward",),
@@ -67,4 +87,8 @@ GRADCHECKS = [
        note="reference-code variant: RMSNorm-swish output gate, HGRN forget-gate lower bound"),
     Op("matmulfree.glu", lambda x, **p: glu_forward(x, p, quantize=False), _glu_backward,
        _glu_inputs, covers=(_M + "glu.glu_backward",)),
+    Op("matmulfree.lm_paper", _lm_op("paper")[1], mmf.backward, _lm_op("paper")[0],
+       covers=(_M + "model.backward",)),
+    Op("matmulfree.lm_official_lower_bound", _lm_op("official")[1], mmf.backward, _lm_op("official")[0],
+       covers=(_M + "model.backward",)),
 ]

@@ -29,9 +29,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..attention.reference import attention_forward
 from ..core import validate
-from ..core.functional import gelu_backward, gelu_forward
+from ..core.functional import gelu, gelu_backward, gelu_forward
 from ..core.layers import (embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
                            linear_backward, linear_forward)
 from .attention import (CONVENTIONS, block_contexts, merge_heads, split_heads, tandem_attention_backward,
@@ -127,13 +126,16 @@ def init_params(config, rng, small_params=None, dtype=np.float64) -> dict:
 
 
 def check_params(params, config) -> np.dtype:
+    """Every key of param_shapes(config) present with its shape and one float dtype; returns the dtype.
+    (A plain loop, not validate.array per key: decode calls it on every step.)"""
     if not isinstance(params, dict) or "tok_emb" not in params:
         validate.fail("params", "a dict with the keys of param_shapes(config)", type(params).__name__)
     dtype = validate.float_array(params["tok_emb"], "params['tok_emb']").dtype
     for name, shape in param_shapes(config).items():
-        if name not in params:
-            validate.fail("params", f"a key {name!r}", "none")
-        validate.array(params[name], f"params[{name!r}]", shape=shape, dtype=dtype)
+        x = params.get(name)
+        if not isinstance(x, np.ndarray) or x.shape != shape or x.dtype != dtype:
+            validate.fail(f"params[{name!r}]", f"an array of shape {shape} and dtype {dtype}",
+                          "none" if x is None else getattr(x, "shape", type(x).__name__))
     return dtype
 
 
@@ -287,7 +289,7 @@ def add_ml_rows(params, config, state, ml_states):
     for j in range(config.n_layers):
         p = f"blocks.{j}."
         y_hat = ml_states[config.layer_map[j]] @ params[f"tandem.{j}.w"] + params[f"tandem.{j}.b"]
-        a_ml, _ = layer_norm_forward(y_hat, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
+        a_ml = _ln(y_hat, params[p + "ln1.weight"], params[p + "ln1.bias"], config.ln_eps)
         state.ml_k[j][:, :, s:s + t] = split_heads(a_ml @ params[p + "attn.wk"] + params[p + "attn.bk"], config.n_heads)
         state.ml_v[j][:, :, s:s + t] = split_heads(a_ml @ params[p + "attn.wv"] + params[p + "attn.bv"], config.n_heads)
     state.ml_length = s + t
@@ -312,11 +314,14 @@ def decode(params, config, state, tokens, *, contexts, position=None):
     if pos0 > state.own_length and np.any(ctx < pos0):
         validate.fail("position", f"<= own_length = {state.own_length} when a query uses own rows before it", pos0)
     n_own = pos0 + t
-    bias = np.where(tandem_mask(ctx, positions, state.ml_length, n_own), 0.0, -np.inf).astype(dtype)
+    bias = np.where(tandem_mask(ctx, positions, state.ml_length, n_own), 0.0, -np.inf).astype(dtype)   # (t, M + n_own)
+    scale = dtype.type(1.0 / math.sqrt(config.d_model // config.n_heads))
     h = params["tok_emb"][tokens] + params["pos_emb"][pos0:pos0 + t]                  # (B, t, D)
+    # The same formulas as forward, written out with plain NumPy (no per-op validation on a decode step);
+    # tests check that the logits equal the full forward's.
     for j in range(config.n_layers):
         p = f"blocks.{j}."
-        a, _ = layer_norm_forward(h, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
+        a = _ln(h, params[p + "ln1.weight"], params[p + "ln1.bias"], config.ln_eps)
         q = split_heads(a @ params[p + "attn.wq"] + params[p + "attn.bq"], config.n_heads)   # (B, H, t, d_h)
         state.own_k[j][:, :, pos0:n_own] = split_heads(a @ params[p + "attn.wk"] + params[p + "attn.bk"],
                                                        config.n_heads)
@@ -324,11 +329,17 @@ def decode(params, config, state, tokens, *, contexts, position=None):
                                                        config.n_heads)
         k = np.concatenate([state.ml_k[j][:, :, :state.ml_length], state.own_k[j][:, :, :n_own]], axis=2)
         v = np.concatenate([state.ml_v[j][:, :, :state.ml_length], state.own_v[j][:, :, :n_own]], axis=2)
-        out, _ = attention_forward(q, k, v, bias=bias)                                      # (B, H, t, d_h)
+        s = scale * (q @ k.swapaxes(-1, -2)) + bias                                        # (B, H, t, M + n_own)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        out = (e / e.sum(axis=-1, keepdims=True)) @ v                                       # (B, H, t, d_h)
         h = h + merge_heads(out) @ params[p + "attn.wo"] + params[p + "attn.bo"]
-        a2, _ = layer_norm_forward(h, params[p + "ln2.weight"], params[p + "ln2.bias"], eps=config.ln_eps)
-        h = h + gelu_forward(a2 @ params[p + "mlp.w1"] + params[p + "mlp.b1"])[0] @ params[p + "mlp.w2"] \
-            + params[p + "mlp.b2"]
+        a2 = _ln(h, params[p + "ln2.weight"], params[p + "ln2.bias"], config.ln_eps)
+        h = h + gelu(a2 @ params[p + "mlp.w1"] + params[p + "mlp.b1"]) @ params[p + "mlp.w2"] + params[p + "mlp.b2"]
     state.own_length = n_own
-    hf, _ = layer_norm_forward(h, params["ln_f.weight"], params["ln_f.bias"], eps=config.ln_eps)
-    return hf @ params["lm_head"]
+    return _ln(h, params["ln_f.weight"], params["ln_f.bias"], config.ln_eps) @ params["lm_head"]
+
+
+def _ln(x, w, b, eps):
+    """Layer norm (core.layers.layer_norm_forward's formula, without its checks)."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    return xc / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + x.dtype.type(eps)) * w + b

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.io import atomic_write
 from .experiments import TOUR
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -63,11 +64,7 @@ def write_report(results, out_dir: Path, size: str, seed: int, elapsed: dict, fa
         for fig in res.figures:
             rel = Path(fig).resolve().relative_to(out_dir.resolve()) if Path(fig).resolve().is_relative_to(out_dir.resolve()) else fig
             lines.append(f"![{Path(fig).stem}]({rel})")
-    path = out_dir / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write(out_dir / "report.md", "\n".join(lines) + "\n")
 
 
 def cmd_tour(args) -> int:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -28,6 +26,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .core import validate
+from .core.io import atomic_write
 from .core.registry import Op
 
 INITS = ("kaiming_uniform", "gaussian")
@@ -370,23 +369,13 @@ def n_params(params: dict) -> int:
 
 
 def save_adapters(path, adapters: dict, config: LoRAConfig) -> Path:
-    """Write the adapters alone (plus their config as JSON) to an .npz: temp file + os.replace."""
+    """Write the adapters alone (plus their config as JSON) to an .npz with core.io.atomic_write."""
     adapted_names(adapters)
     if not isinstance(config, LoRAConfig):
         validate.fail("config", "a LoRAConfig", type(config).__name__)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v) for k, v in adapters.items()}
     arrays[_CONFIG_KEY] = np.array(json.dumps(asdict(config)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_adapters(path) -> tuple[dict, LoRAConfig]:

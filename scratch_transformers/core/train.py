@@ -10,9 +10,9 @@ One step of :func:`train` (step counts from 0, ``history.steps`` records step+1 
 Everything random flows through the one ``rng`` the caller passes, so a run is a pure function
 of (initial params, optimizer, seed). A checkpoint stores the params, the optimizer state, the
 step, the rng's bit-generator state (JSON in a 0-d unicode array) and the history, all as plain
-arrays in one ``.npz`` readable with ``allow_pickle=False``; it is written to a temporary file in
-the same directory and moved into place with ``os.replace`` (atomic on POSIX and Windows), so
-a crash never leaves a half-written checkpoint. Resuming restores all of it, and the resumed
+arrays in one ``.npz`` readable with ``allow_pickle=False``; it is written with
+:func:`core.io.atomic_write` (temporary file in the same directory, fsync, ``os.replace``), so a
+crash never leaves a half-written checkpoint. Resuming restores all of it, and the resumed
 run's losses are bit-identical to those of an uninterrupted run.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import validate
+from .io import atomic_write
 from .optim import clip_grad_norm
 
 __all__ = ["History", "Checkpoint", "train", "save_checkpoint", "load_checkpoint", "restore_rng"]
@@ -126,18 +126,7 @@ def save_checkpoint(path, params: dict, optimizer, step: int, rng: np.random.Gen
     for k, v in arrays.items():
         if v.dtype == object:
             validate.fail(k, "a numeric or string array (no pickled objects)", "dtype object")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
 

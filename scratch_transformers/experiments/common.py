@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+
+from ..core.io import atomic_write
 
 matplotlib.use("Agg")
 
@@ -28,20 +28,14 @@ class ExperimentResult:
 
 
 def savefig(fig, out_dir, filename: str) -> Path:
-    """Save a matplotlib figure atomically (temp file + os.replace) and close it."""
+    """Save a matplotlib figure with ``core.io.atomic_write`` (format from the file's suffix) and close it."""
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / filename
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=path.suffix)
-    os.close(fd)
+    path = Path(out_dir) / filename
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or None,
+                                                 dpi=110, bbox_inches="tight"))
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         plt.close(fig)
     return path
 

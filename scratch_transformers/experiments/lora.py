@@ -21,9 +21,9 @@ max(i, j)/64 is not negligible as it is at GPT-3's 12,288.
 from __future__ import annotations
 
 import ast
+import io
 import os
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
 
@@ -101,13 +101,10 @@ def _fit(trainable, base, config, next_batch, steps, lr, rng, linears=None, desc
 
 
 def _file_bytes(arrays: dict) -> int:
-    fd, tmp = tempfile.mkstemp(suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        return os.path.getsize(tmp)
-    finally:
-        os.remove(tmp)
+    """Size in bytes of the .npz that np.savez writes for ``arrays`` (built in memory)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getbuffer().nbytes
 
 
 def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Path = Path("out/lora"),

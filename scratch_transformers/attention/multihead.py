@@ -13,9 +13,9 @@ Glossary: ``x`` (B, T, D) input; ``params[prefix + ".wq"]`` (D, D) is W^Q for al
 (head h uses columns h*d_h:(h+1)*d_h); ``core`` names an entry of :data:`CORES`, imported lazily, whose
 forward/backward take the keyword options of ``attention.reference.attention_forward``.
 
-``linears`` (used by LoRA) maps a weight name such as ``"blocks.0.attn.wq"`` to an object with
-``forward(x, params) -> (y, cache)`` (bias included) and ``backward(dy, cache) -> (dx, grads dict)``
-that replaces that projection. ``kv_cache`` (a :class:`KVCache`) makes the call an incremental decode
+The four projections go through ``core.layers.project_forward``: ``linears`` (used by LoRA) maps a
+weight name such as ``"blocks.0.attn.wq"`` to an object with ``forward(x, params) -> (y, cache)`` (bias
+included) and ``backward(dy, cache) -> (dx, grads dict)`` that replaces that projection. ``kv_cache`` (a :class:`KVCache`) makes the call an incremental decode
 step: the new keys/values are written into the cache (in place, ``length`` advances) and the queries
 attend to everything cached so far with bottom-right causal alignment. Decode steps are forward-only.
 """
@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..core import validate
-from ..core.layers import linear_backward, linear_forward
+from ..core.layers import add_grads, project_backward, project_forward
 from ..core.registry import Op
 
 CORES: dict[str, tuple[str, str, str]] = {
@@ -113,35 +113,6 @@ def init_mha(rng, d_model, n_heads, *, bias=True, prefix="attn", std=0.02, out_s
         if bias:
             params[f"{prefix}.b{name}"] = np.zeros(d_model, dtype=dtype)
     return params
-
-
-# --- projections (a plain linear, or an override from ``linears``) --------------------------------
-
-def _project_forward(x, params, w_name, b_name, linears):
-    """y = x @ params[w_name] + params[b_name], or linears[w_name].forward(x, params) when overridden."""
-    if linears is not None and w_name in linears:
-        y, c = linears[w_name].forward(x, params)
-        return y, ("override", linears[w_name], c)
-    y, c = linear_forward(x, params[w_name], params.get(b_name))
-    return y, ("linear", w_name, b_name, c)
-
-
-def _project_backward(dy, pcache):
-    """(dx, grads dict) of _project_forward."""
-    if pcache[0] == "override":
-        dx, grads = pcache[1].backward(dy, pcache[2])
-        return dx, dict(grads)
-    _, w_name, b_name, c = pcache
-    dx, dw, db = linear_backward(dy, c)
-    grads = {w_name: dw}
-    if db is not None:
-        grads[b_name] = db
-    return dx, grads
-
-
-def _add_grads(total: dict, new: dict) -> None:
-    for k, g in new.items():
-        total[k] = total[k] + g if k in total else g
 
 
 def split_heads(x, n_heads):
@@ -230,7 +201,7 @@ def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=T
     proj = {}
     heads = {}
     for name in ("q", "k", "v"):
-        y, proj[name] = _project_forward(x, params, f"{prefix}.w{name}", f"{prefix}.b{name}", linears)
+        y, proj[name] = project_forward(x, params, f"{prefix}.w{name}", f"{prefix}.b{name}", linears)
         heads[name] = split_heads(y, n_heads)                               # (B, H, T, d_h)
     q, k, v = heads["q"], heads["k"], heads["v"]
     rope_caches = None
@@ -253,7 +224,7 @@ def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=T
         alignment = "bottom_right"
     out, core_cache = core_fwd(q, k, v, causal=bool(causal), causal_alignment=alignment, bias=attn_bias,
                                key_padding_mask=key_padding_mask, **core_options)   # (B, H, T, d_h)
-    y, proj["o"] = _project_forward(merge_heads(out), params, f"{prefix}.wo", f"{prefix}.bo", linears)
+    y, proj["o"] = project_forward(merge_heads(out), params, f"{prefix}.wo", f"{prefix}.bo", linears)
     return y, MHACache(proj=proj, rope=rope_caches, core=core_cache, core_name=core,
                        core_params={kw: core_params[kw] for kw in wanted}, n_heads=n_heads,
                        decoding=kv_cache is not None, x_shape=x.shape)
@@ -273,21 +244,21 @@ def mha_backward(dy, cache: MHACache):
                       "a decoding cache")
     dy = validate.float_array(dy, "dy", shape=cache.x_shape)
     grads: dict = {}
-    dmerged, g = _project_backward(dy, cache.proj["o"])                    # (B, T, D)
-    _add_grads(grads, g)
+    dmerged, g = project_backward(dy, cache.proj["o"])                    # (B, T, D)
+    add_grads(grads, g)
     _, core_bwd = core_functions(cache.core_name)
     core_grads = core_bwd(split_heads(dmerged, cache.n_heads), cache.core)
     dq, dk, dv = core_grads[:3]                                            # (B, H, T, d_h) each
     for i, key in enumerate(cache.core_params.values()):                   # the core's own parameters
-        _add_grads(grads, {key: core_grads[4 + i]})
+        add_grads(grads, {key: core_grads[4 + i]})
     if cache.rope is not None:
         _, rope_backward = _rope_functions()
         dq = rope_backward(dq, cache.rope[0])
         dk = rope_backward(dk, cache.rope[1])
     dx = None
     for name, dh in (("q", dq), ("k", dk), ("v", dv)):
-        dxi, g = _project_backward(merge_heads(dh), cache.proj[name])
-        _add_grads(grads, g)
+        dxi, g = project_backward(merge_heads(dh), cache.proj[name])
+        add_grads(grads, g)
         dx = dxi if dx is None else dx + dxi
     return dx, grads
 

@@ -135,7 +135,7 @@ def check_attention_args(q, k, v, scale, causal, causal_alignment, bias, key_pad
 
 
 def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
-                      key_padding_mask=None, dropout_p=0.0, dropout_mask=None):
+                      key_padding_mask=None, dropout_p=0.0, dropout_mask=None, dropout_seed=None):
     """Standard attention O = dropout(softmax(mask(tau Q K^T + bias))) V   (FA-1 §2.2, App. B.3).
 
     q: (B, H, Nq, d), k: (B, H, Nk, d), v: (B, H, Nk, dv), all float32 or all float64.
@@ -143,17 +143,26 @@ def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="to
     scaling (S = tau Q K^T + bias; -inf entries allowed as extra masking). key_padding_mask: bool
     (B, Nk), True = ignored key. dropout_mask: bool keep-mask broadcastable to (B, H, Nq, Nk),
     applied after the softmax as P * mask / (1 - dropout_p) (FA-1 Alg. 2 line 14); the row
-    statistics (lse) come from the undropped P. dropout_p > 0 needs an explicit dropout_mask.
+    statistics (lse) come from the undropped P. dropout_p > 0 needs an explicit dropout_mask, or a
+    dropout_seed: then the mask is the counter-based keep-mask that ``attention.flash`` applies with
+    that seed (``flash_dropout_mask``), materialised here, so both cores compute the same function.
 
     Returns out (B, H, Nq, dv) in the input dtype and an AttentionCache (with lse (B, H, Nq)).
     """
     q, k, v, scale, bias, key_padding_mask, dropout_p, dropout_mask = check_attention_args(
         q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask)
-    if dropout_mask is None and dropout_p > 0:
-        validate.fail("dropout_mask", "an explicit boolean keep-mask when dropout_p > 0", "None")
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
     target = (b, h, n_q, n_k)
+    if dropout_seed is not None:
+        if dropout_mask is not None:
+            validate.fail("dropout_seed", "None when an explicit dropout_mask is given", repr(dropout_seed))
+        dropout_seed = validate.integer(dropout_seed, "dropout_seed")
+        if dropout_p > 0:
+            from .flash import flash_dropout_mask    # the counter-based generator (lazy: numba kernels)
+            dropout_mask = flash_dropout_mask(dropout_seed, target, dropout_p)
+    if dropout_mask is None and dropout_p > 0:
+        validate.fail("dropout_mask", "an explicit boolean keep-mask (or a dropout_seed) when dropout_p > 0", "None")
 
     # S = tau Q K^T (+ bias), then S^masked = MASK(S)        (App. B.3; Alg. 2 lines 10-11)
     s = scale * (q @ k.swapaxes(-1, -2))                             # (B, H, Nq, Nk)

@@ -16,7 +16,7 @@ Glossary (code symbol -> derivations/core.md symbol)
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from .registry import Op
 
 __all__ = [
     "linear_forward", "linear_backward",
+    "ProjectionCache", "project_forward", "project_backward", "add_grads",
     "embedding_forward", "embedding_backward",
     "layer_norm_forward", "layer_norm_backward",
     "rms_norm_forward", "rms_norm_backward",
@@ -86,32 +87,61 @@ def linear_backward(dy, cache: LinearCache):
     return dx, dw, db
 
 
+# --------------------------------------------------------------------------------------------
+# projection: a named linear of a params dict, or the override that replaces it (LoRA)
+# --------------------------------------------------------------------------------------------
+
+
 class ProjectionCache(NamedTuple):
-    override: object | None   # the linears override used (None: plain linear)
-    inner: object             # its cache (LinearCache for the plain linear)
-    w_name: str
-    b_name: str | None
+    w_name: str            # params key of the weight (d_in, d_out), or of the override in linears
+    b_name: str | None     # params key of the bias that was added, None when none was
+    override: Any          # linears[w_name] when the projection was overridden, else None
+    inner: Any             # LinearCache of the plain linear, or the override's own cache
 
 
 def project_forward(x, params, w_name, b_name=None, linears=None):
-    """y = x @ params[w_name] (+ params[b_name]), or linears[w_name].forward(x, params) when overridden."""
+    """y = x @ params[w_name] + params[b_name], or ``linears[w_name].forward(x, params)`` when overridden.
+
+    x: (..., d_in); params: dict name -> array; b_name: None, or a key that may be absent (no bias,
+    e.g. a model built with bias=False). linears: None or a dict weight name -> object with
+    ``forward(x, params) -> (y, cache)`` (bias included) and ``backward(dy, cache) -> (dx, grads)``
+    (LoRA's adapted linear). Returns y (..., d_out) and a ProjectionCache.
+    """
+    if not isinstance(params, dict):
+        validate.fail("params", "a dict name -> array", type(params).__name__)
+    if linears is not None and not isinstance(linears, dict):
+        validate.fail("linears", "None or a dict weight name -> linear object", type(linears).__name__)
     if linears is not None and w_name in linears:
-        y, c = linears[w_name].forward(x, params)
-        return y, ProjectionCache(linears[w_name], c, w_name, b_name)
-    y, c = linear_forward(x, params[w_name], None if b_name is None else params.get(b_name))
-    return y, ProjectionCache(None, c, w_name, b_name)
+        y, inner = linears[w_name].forward(x, params)
+        return y, ProjectionCache(w_name, None, linears[w_name], inner)
+    if w_name not in params:
+        validate.fail("params", f"a key {w_name!r}", "none")
+    b = params.get(b_name) if b_name is not None else None
+    y, inner = linear_forward(x, params[w_name], b)
+    return y, ProjectionCache(w_name, None if b is None else b_name, None, inner)
 
 
 def project_backward(dy, cache: ProjectionCache):
-    """(dx, grads dict) of project_forward."""
+    """(dx, grads) of project_forward: grads = {w_name: dw, b_name: db} of the plain linear
+    (core.md#linear), or the override's own gradients dict."""
+    if not isinstance(cache, ProjectionCache):
+        validate.fail("cache", "the ProjectionCache returned by project_forward", type(cache).__name__)
     if cache.override is not None:
         dx, grads = cache.override.backward(dy, cache.inner)
         return dx, dict(grads)
     dx, dw, db = linear_backward(dy, cache.inner)
     grads = {cache.w_name: dw}
-    if db is not None:
+    if cache.b_name is not None:
         grads[cache.b_name] = db
     return dx, grads
+
+
+def add_grads(total: dict, new: dict) -> dict:
+    """Accumulate the gradients dict ``new`` into ``total`` (in place; a key in both is summed, as for a
+    parameter used twice). Returns ``total``."""
+    for k, g in new.items():
+        total[k] = total[k] + g if k in total else g
+    return total
 
 
 # --------------------------------------------------------------------------------------------

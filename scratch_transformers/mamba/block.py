@@ -28,7 +28,7 @@ import numpy as np
 
 from ..core import validate
 from ..core.functional import silu_backward, silu_forward, softplus
-from ..core.layers import (causal_conv1d_backward, causal_conv1d_forward, linear_backward, linear_forward)
+from ..core.layers import causal_conv1d_backward, causal_conv1d_forward, project_backward, project_forward
 from .scan import selective_scan_backward, selective_scan_forward, selective_scan_step
 
 
@@ -137,13 +137,13 @@ def _dims(params, prefix, dtype) -> _Dims:
 class MambaBlockCache(NamedTuple):
     prefix: str
     dims: _Dims
-    in_cache: tuple          # linear cache of in_proj:  a (b, L, d_model)
+    in_cache: tuple          # ProjectionCache of in_proj: a (b, L, d_model)
     conv_cache: tuple        # causal conv cache:        x (b, L, D)
     silu_cache: tuple        # silu cache:               v (b, L, D) -> u (b, L, D)
-    x_cache: tuple | None    # linear cache of x_proj:   u (b, L, D) -> [r; B; C] (b, L, R + 2N)
-    dt_cache: tuple | None   # linear cache of dt_proj:  r (b, L, R) -> delta (b, L, D)
+    x_cache: tuple | None    # ProjectionCache of x_proj: u (b, L, D) -> [r; B; C] (b, L, R + 2N)
+    dt_cache: tuple | None   # ProjectionCache of dt_proj: r (b, L, R) -> delta (b, L, D)
     scan_cache: tuple        # ScanCache
-    out_cache: tuple         # linear cache of out_proj: o (b, L, D) -> y (b, L, d_model)
+    out_cache: tuple         # ProjectionCache of out_proj: o (b, L, D) -> y (b, L, d_model)
     A: np.ndarray            # (D, N) = -exp(A_log)
     x: np.ndarray            # (b, L, D) conv input (kept for the recurrent state after a prefill)
     h_last: np.ndarray       # (b, D, N) SSM state after the last step
@@ -158,17 +158,17 @@ def mamba_block_forward(a, params, *, prefix="mixer"):
     p = prefix + "."
     D, N, R = dims.D, dims.N, dims.R
     nb, L, _ = a.shape
-    xz, in_cache = linear_forward(a, params[p + "in_proj.w"])                       # (b, L, 2D)
+    xz, in_cache = project_forward(a, params, p + "in_proj.w")                       # (b, L, 2D)
     x = np.ascontiguousarray(xz[..., :D])                                           # (b, L, D)
     z = np.ascontiguousarray(xz[..., D:])                                           # (b, L, D)
     v, conv_cache = causal_conv1d_forward(x, params[p + "conv.w"], params[p + "conv.b"])   # (b, L, D)
     u, silu_cache = silu_forward(v)                                                 # (b, L, D)
     if dims.selective:
-        rbc, x_cache = linear_forward(u, params[p + "x_proj.w"])                    # (b, L, R + 2N)
+        rbc, x_cache = project_forward(u, params, p + "x_proj.w")                 # (b, L, R + 2N)
         r = rbc[..., :R]                                                            # (b, L, R)
         Bt = np.ascontiguousarray(rbc[..., R:R + N])                                # (b, L, N)
         Ct = np.ascontiguousarray(rbc[..., R + N:])                                 # (b, L, N)
-        delta, dt_cache = linear_forward(r, params[p + "dt_proj.w"])                # (b, L, D)
+        delta, dt_cache = project_forward(r, params, p + "dt_proj.w")             # (b, L, D)
     else:                                                                           # LTI: nothing depends on x
         x_cache = dt_cache = None
         delta = np.zeros((nb, L, D), a.dtype)
@@ -178,7 +178,7 @@ def mamba_block_forward(a, params, *, prefix="mixer"):
     (o, h_last), scan_cache = selective_scan_forward(
         u, np.ascontiguousarray(delta), A, Bt, Ct, D=params[p + "D"], z=z, delta_bias=params[p + "dt_proj.b"],
         delta_softplus=True)                                                        # (b, L, D)
-    y, out_cache = linear_forward(o, params[p + "out_proj.w"])                      # (b, L, d_model)
+    y, out_cache = project_forward(o, params, p + "out_proj.w")                     # (b, L, d_model)
     cache = MambaBlockCache(prefix, dims, in_cache, conv_cache, silu_cache, x_cache, dt_cache, scan_cache,
                             out_cache, A, x, h_last)
     return y, cache
@@ -194,16 +194,17 @@ def mamba_block_backward(dy, cache):
     p = cache.prefix + "."
     dims = cache.dims
     dy = validate.float_array(dy, "dy", shape=cache.x.shape[:2] + (dims.d_model,))
-    grads = {}
-    do, grads[p + "out_proj.w"], _ = linear_backward(dy, cache.out_cache)                      # (b, L, D)
+    do, grads = project_backward(dy, cache.out_cache)                               # (b, L, D)
     du, ddelta, dA, dB, dC, dDskip, dz, dbias, _ = selective_scan_backward(do, cache.scan_cache)
     grads[p + "A_log"] = dA * cache.A                                               # A = -exp(A_log): dA_log = dA * A
     grads[p + "D"] = dDskip
     grads[p + "dt_proj.b"] = dbias
     if dims.selective:
-        dr, grads[p + "dt_proj.w"], _ = linear_backward(ddelta, cache.dt_cache)     # (b, L, R)
+        dr, g = project_backward(ddelta, cache.dt_cache)                           # (b, L, R)
+        grads.update(g)
         drbc = np.concatenate([dr, dB, dC], axis=-1)                                # (b, L, R + 2N)
-        du_x, grads[p + "x_proj.w"], _ = linear_backward(drbc, cache.x_cache)       # (b, L, D)
+        du_x, g = project_backward(drbc, cache.x_cache)                            # (b, L, D)
+        grads.update(g)
         du = du + du_x
     else:
         grads[p + "B"] = dB.sum(axis=(0, 1))                                        # B, C shared over (b, t)
@@ -211,7 +212,8 @@ def mamba_block_backward(dy, cache):
     dv = silu_backward(du, cache.silu_cache)                                        # (b, L, D)
     dx, grads[p + "conv.w"], grads[p + "conv.b"] = causal_conv1d_backward(dv, cache.conv_cache)
     dxz = np.concatenate([dx, dz], axis=-1)                                         # (b, L, 2D)
-    da, grads[p + "in_proj.w"], _ = linear_backward(dxz, cache.in_cache)            # (b, L, d_model)
+    da, g = project_backward(dxz, cache.in_cache)                                   # (b, L, d_model)
+    grads.update(g)
     return da, grads
 
 

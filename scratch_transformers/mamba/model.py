@@ -21,7 +21,8 @@ import numpy as np
 
 from ..core import validate
 from ..core.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward, embedding_forward,
-                           linear_backward, linear_forward, rms_norm_backward, rms_norm_forward)
+                           linear_backward, linear_forward, project_backward, project_forward, rms_norm_backward,
+                           rms_norm_forward)
 from .block import (init_mamba_block, mamba_block_backward, mamba_block_final_state,
                     mamba_block_forward, mamba_block_step, new_mamba_block_state)
 
@@ -104,7 +105,10 @@ def forward(params, config, tokens):
         norm_caches.append(nc)
         block_caches.append(bc)
     hf, normf_cache = rms_norm_forward(h, params["norm_f.w"], eps=c.norm_eps)
-    logits, head_cache = linear_forward(hf, _head(params, c))                          # (b, L, V)
+    if c.tie_embeddings:
+        logits, head_cache = linear_forward(hf, params["embedding"].T)                 # (b, L, V)
+    else:
+        logits, head_cache = project_forward(hf, params, "lm_head")                    # (b, L, V)
     return logits, MambaLMCache(c.tie_embeddings, emb_cache, norm_caches, block_caches, normf_cache, head_cache)
 
 
@@ -113,7 +117,10 @@ def backward(dlogits, cache):
     if not isinstance(cache, MambaLMCache):
         validate.fail("cache", "the MambaLMCache of forward", type(cache).__name__)
     grads = {}
-    dhf, dW, _ = linear_backward(dlogits, cache.head_cache)                            # (b, L, d_model)
+    if cache.tie:
+        dhf, dW, _ = linear_backward(dlogits, cache.head_cache)                        # (b, L, d_model)
+    else:
+        dhf, head_grads = project_backward(dlogits, cache.head_cache)                  # {"lm_head": dW}
     dh, grads["norm_f.w"] = rms_norm_backward(dhf, cache.normf_cache)
     for i in range(len(cache.block_caches) - 1, -1, -1):
         da, bgrads = mamba_block_backward(dh, cache.block_caches[i])                   # through the mixer
@@ -125,7 +132,7 @@ def backward(dlogits, cache):
         grads["embedding"] = demb + dW.T                                               # tied: sum both uses
     else:
         grads["embedding"] = demb
-        grads["lm_head"] = dW
+        grads.update(head_grads)
     return grads
 
 

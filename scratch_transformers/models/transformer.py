@@ -37,14 +37,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..attention.flash import flash_dropout_mask
-from ..attention.multihead import (CORES, KVCache, _add_grads, _project_backward, _project_forward, init_mha,
-                                   mha_backward, mha_forward)
+from ..attention.multihead import CORES, KVCache, init_mha, mha_backward, mha_forward
 from ..core import validate
 from ..core.functional import gelu_backward, gelu_forward
-from ..core.layers import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
+from ..core.layers import (add_grads, cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
                            embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
-                           linear_backward, linear_forward)
+                           linear_backward, linear_forward, project_backward, project_forward)
 from ..core.registry import Op
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
@@ -273,21 +271,16 @@ def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, 
         h = h + pos.additive.astype(dtype)
     h, c_drop_emb = dropout_forward(h, p_drop, rng, training)
     blocks = []
-    n_keys = offset + T
     for i in range(config.n_layers):
         p = f"blocks.{i}."
         a, c_ln1 = layer_norm_forward(h, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
         core_options = None
         if p_drop > 0:                                                         # attention-probability dropout
             # One counter-based keep-mask per layer and step, named by a seed: the flash kernel
-            # regenerates it tile by tile (nothing N x N is stored), the reference gets the same
-            # mask materialised, so both cores compute the same function.
+            # regenerates it tile by tile (nothing N x N is stored), the reference core materialises
+            # the same mask from the same seed, so both cores compute the same function.
             seed = int(rng.integers(0, 2 ** 63))
-            if config.attention == "flash":
-                core_options = {"dropout_p": p_drop, "dropout_seed": seed}
-            else:
-                keep = flash_dropout_mask(seed, (B, config.n_heads, T, n_keys), p_drop)
-                core_options = {"dropout_p": p_drop, "dropout_mask": keep}
+            core_options = {"dropout_p": p_drop, "dropout_seed": seed}
         y, c_attn = mha_forward(a, params, prefix=p + "attn", n_heads=config.n_heads, core=config.attention,
                                 causal=True, attn_bias=pos.attn_bias, rope=pos.rope,
                                 kv_cache=None if kv_cache is None else kv_cache[i], linears=linears,
@@ -295,9 +288,9 @@ def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, 
         y, c_d1 = dropout_forward(y, p_drop, rng, training)
         h = h + y
         a2, c_ln2 = layer_norm_forward(h, params[p + "ln2.weight"], params[p + "ln2.bias"], eps=config.ln_eps)
-        m, c_fc1 = _project_forward(a2, params, p + "mlp.w1", p + "mlp.b1", linears)       # (B, T, F)
+        m, c_fc1 = project_forward(a2, params, p + "mlp.w1", p + "mlp.b1", linears)       # (B, T, F)
         g, c_gelu = gelu_forward(m, approximate="tanh")
-        m2, c_fc2 = _project_forward(g, params, p + "mlp.w2", p + "mlp.b2", linears)       # (B, T, D)
+        m2, c_fc2 = project_forward(g, params, p + "mlp.w2", p + "mlp.b2", linears)       # (B, T, D)
         m2, c_d2 = dropout_forward(m2, p_drop, rng, training)
         h = h + m2
         blocks.append(BlockCache(c_ln1, c_attn, c_d1, c_ln2, c_fc1, c_gelu, c_fc2, c_d2))
@@ -305,7 +298,7 @@ def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, 
     if config.tie_embeddings:
         logits, c_head = linear_forward(hf, params["tok_emb"].T)                # (B, T, V)
     else:
-        logits, c_head = _project_forward(hf, params, "lm_head", None, linears)  # (B, T, V)
+        logits, c_head = project_forward(hf, params, "lm_head", None, linears)  # (B, T, V)
     cache = TransformerCache(emb=c_emb, drop_emb=c_drop_emb, blocks=blocks, ln_f=c_lnf, head=c_head,
                              tied=config.tie_embeddings,
                              learned_pos=None if learned_pos is None else (*learned_pos, *params["pos_emb"].shape),
@@ -326,37 +319,37 @@ def backward(dlogits, cache: TransformerCache) -> dict[str, np.ndarray]:
     grads: dict = {}
     if cache.tied:
         dhf, dw, _ = linear_backward(dlogits, cache.head)                      # dw: (D, V) = d(E^T)
-        _add_grads(grads, {"tok_emb": dw.T})
+        add_grads(grads, {"tok_emb": dw.T})
     else:
-        dhf, g = _project_backward(dlogits, cache.head)
-        _add_grads(grads, g)
+        dhf, g = project_backward(dlogits, cache.head)
+        add_grads(grads, g)
     dh, dw, db = layer_norm_backward(dhf, cache.ln_f)                          # (B, T, D)
-    _add_grads(grads, {"ln_f.weight": dw, "ln_f.bias": db})
+    add_grads(grads, {"ln_f.weight": dw, "ln_f.bias": db})
     for i in reversed(range(len(cache.blocks))):
         c = cache.blocks[i]
         p = f"blocks.{i}."
         dm2 = dropout_backward(dh, c.drop_mlp)
-        dg, g = _project_backward(dm2, c.fc2)
-        _add_grads(grads, g)
+        dg, g = project_backward(dm2, c.fc2)
+        add_grads(grads, g)
         dm = gelu_backward(dg, c.gelu)
-        da2, g = _project_backward(dm, c.fc1)
-        _add_grads(grads, g)
+        da2, g = project_backward(dm, c.fc1)
+        add_grads(grads, g)
         dres, dw, db = layer_norm_backward(da2, c.ln2)
-        _add_grads(grads, {p + "ln2.weight": dw, p + "ln2.bias": db})
+        add_grads(grads, {p + "ln2.weight": dw, p + "ln2.bias": db})
         dh = dh + dres                                                         # residual: skip + branch
         dy = dropout_backward(dh, c.drop_attn)
         da, g = mha_backward(dy, c.attn)
-        _add_grads(grads, g)
+        add_grads(grads, g)
         dres, dw, db = layer_norm_backward(da, c.ln1)
-        _add_grads(grads, {p + "ln1.weight": dw, p + "ln1.bias": db})
+        add_grads(grads, {p + "ln1.weight": dw, p + "ln1.bias": db})
         dh = dh + dres
     dh = dropout_backward(dh, cache.drop_emb)
     if cache.learned_pos is not None:
         offset, t, max_len, d = cache.learned_pos
         dpos = np.zeros((max_len, d), dtype=cache.dtype)
         dpos[offset:offset + t] = dh.sum(axis=0)                               # positions shared over the batch
-        _add_grads(grads, {"pos_emb": dpos})
-    _add_grads(grads, {"tok_emb": embedding_backward(dh, cache.emb)})
+        add_grads(grads, {"pos_emb": dpos})
+    add_grads(grads, {"tok_emb": embedding_backward(dh, cache.emb)})
     return grads
 
 

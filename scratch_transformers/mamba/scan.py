@@ -21,355 +21,29 @@ Per batch element, channel d and state n (all products elementwise because A is 
     y_t     = sum_n C_t[n] h_t[d, n] + Dskip * u_t         eq. (2b) plus the skip
     out_t   = y_t * silu(z_t)                              the gate of the Mamba block (Fig. 3)
 
-Like the paper's hardware-aware kernel (Sec. 3.3, App. D) the (b, L, D, N) tensors h, A_bar, B_bar are never
-materialised: the forward keeps the inputs and the state at every ``chunk``-th step (a checkpoint of
-b * ceil(L/chunk) * D * N numbers; by default chunk = adaptive_chunk(L, D), about sqrt(L)); the backward
-recomputes Delta, A_bar and the states of one chunk at a time and runs the reverse-time adjoint recurrence
-lambda_t = dy_t C_t + A_bar_{t+1} * lambda_{t+1} (derivations/mamba.md#adjoint). Delta = softplus(delta + bias) is
-computed inside both kernels (vectorised exp and log1p), so no (b, L, D) Delta is stored either.
-Both kernels split work with ``prange`` over (batch, group of 128 channels); the backward walks a group's
-blocks of 32 channels one after the other (B and C are shared by all channels, so
-their gradients are summed over a block, then over a group's blocks, then over groups, in a fixed order, without
-races). Results depend neither on the thread count nor on the chunk. Problems with fewer than PARALLEL_MIN_WORK
-state updates run a serial build of the same loops. The kernels compute in the inputs' dtype (the gate silu(z)
-too); only the sums over batch elements are NumPy around the kernels.
+The loops themselves (numba, ``mamba.scan_kernels``) follow the paper's hardware-aware kernel (Sec. 3.3,
+App. D): the (b, L, D, N) tensors h, A_bar, B_bar are never materialised; the forward checkpoints the state
+every ``chunk`` steps and the backward recomputes one chunk at a time for the reverse-time adjoint recurrence
+(derivations/mamba.md#adjoint). This module validates, allocates the outputs and calls them.
 """
 
 from __future__ import annotations
 
-import types
 from typing import NamedTuple
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads
 
 from ..core import validate
-from ..core.vexp import _exp_buffer
+from .scan_kernels import (ssm_backward_kernel, ssm_backward_serial, ssm_forward_kernel,
+                           ssm_forward_serial)
 
 CHANNEL_GROUP = 128  # channels per work item (both directions); fixed so that results do not depend on threads
 CHANNEL_BLOCK = 32   # the backward walks its group in blocks of 32 channels (the chunk's scratch is per block)
 
-_ZERO_F = np.float32(0.0)   # float32 constants of the softplus tail (typed, so the loop stays in float32)
-_C0 = np.float32(1.0)
-_TWO_F = np.float32(2.0)
-_S1 = np.float32(1.0 / 3)
-_S2 = np.float32(1.0 / 5)
-_S3 = np.float32(1.0 / 7)
-_S4 = np.float32(1.0 / 9)
-_S5 = np.float32(1.0 / 11)
-_S6 = np.float32(1.0 / 13)
-_S7 = np.float32(1.0 / 15)
-
-
-@njit(cache=True, error_model="numpy")
-def _softplus_tail(x, e, nd):
-    """x[j] <- softplus(x[j]) = max(x, 0) + log1p(e[j]) for j < nd, given e[j] = exp(-|x[j]|) in [0, 1].
-
-    log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...) with s = e / (2 + e) in [0, 1/3]: a vectorisable
-    polynomial (a libm log1p per element is not), accurate also for tiny e (no 1 + e is formed). float64: terms
-    up to s^32/33 (truncation < 2e-18 relative); float32: up to s^14/15 (< 2e-9). error_model="numpy": no
-    Python zero-division check in the loop (2 + e > 0 anyway), which would block vectorisation.
-    """
-    if x.itemsize == 8:
-        for j in range(nd):
-            s = e[j] / (2.0 + e[j])
-            s2 = s * s
-            p = 1.0 / 33.0
-            p = p * s2 + 1.0 / 31.0
-            p = p * s2 + 1.0 / 29.0
-            p = p * s2 + 1.0 / 27.0
-            p = p * s2 + 1.0 / 25.0
-            p = p * s2 + 1.0 / 23.0
-            p = p * s2 + 1.0 / 21.0
-            p = p * s2 + 1.0 / 19.0
-            p = p * s2 + 1.0 / 17.0
-            p = p * s2 + 1.0 / 15.0
-            p = p * s2 + 1.0 / 13.0
-            p = p * s2 + 1.0 / 11.0
-            p = p * s2 + 1.0 / 9.0
-            p = p * s2 + 1.0 / 7.0
-            p = p * s2 + 1.0 / 5.0
-            p = p * s2 + 1.0 / 3.0
-            p = p * s2 + 1.0
-            v = x[j]
-            x[j] = (v if v > 0.0 else 0.0) + 2.0 * s * p
-    else:
-        for j in range(nd):
-            s = e[j] / (_TWO_F + e[j])
-            s2 = s * s
-            p = _S7
-            p = p * s2 + _S6
-            p = p * s2 + _S5
-            p = p * s2 + _S4
-            p = p * s2 + _S3
-            p = p * s2 + _S2
-            p = p * s2 + _S1
-            p = p * s2 + _C0
-            v = x[j]
-            x[j] = (v if v > _ZERO_F else _ZERO_F) + _TWO_F * s * p
-
-
-@njit(cache=True)
-def _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, e, bits64, bits32):
-    """dtv[j] <- Delta_t of channel d0 + j (Alg. 2 line 4): softplus(delta_t + delta_bias) or delta_t + delta_bias.
-
-    softplus(x) = max(x, 0) + log1p(e) with e = exp(-|x|) (no overflow); e is left in the buffer ``e`` (the
-    backward's sigmoid(x) reuses it). Computed here, inside both kernels, so that no (b, L, D) Delta is stored.
-    """
-    for j in range(nd):
-        dtv[j] = delta[b, t, d0 + j] + bias[d0 + j]
-    if softplus:
-        for j in range(nd):
-            e[j] = -abs(dtv[j])
-        _exp_buffer(e[:nd], bits64, bits32)
-        _softplus_tail(dtv, e, nd)
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def _ssm_forward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, h0, chunk, block, y, h_last, ckpt):
-    """Algorithm 2 line 6 (recurrent mode): y_t = C_t h_t + D u_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t,
-    then (has_z) the gate out_t = y_t silu(z_t), written to ``y``.
-
-    One work item = one batch element and one block of channels d0 .. d0+nd-1 (the caller passes a group of
-    CHANNEL_GROUP channels); the state of the block is held as h[n, j] (state n of channel d0 + j) so that every
-    inner loop runs over channels, the contiguous last index of local buffers, and vectorises. The buffers are
-    indexed directly (h[n, j]), not through row views: each view costs a reference-count update. Arithmetic is in
-    the inputs' precision. Both kernels use error_model="numpy" (IEEE division, no Python zero-division check,
-    which would block vectorisation).
-    """
-    nb, L, D = u.shape
-    N = At.shape[0]
-    n_blocks = (D + block - 1) // block
-    for item in prange(nb * n_blocks):                      # independent (batch, channel block) recurrences
-        b = item // n_blocks
-        d0 = (item % n_blocks) * block
-        nd = min(block, D - d0)
-        h = np.empty((N, nd), u.dtype)                      # state h_{t-1}[d0 + j, n] at h[n, j]
-        a_flat = np.empty(N * nd, u.dtype)
-        a_bar = a_flat.reshape((N, nd))                     # A_bar_t
-        bits64 = np.empty(N * nd if u.itemsize == 8 else 0, np.int64)     # exponent bits for exp
-        bits32 = np.empty(N * nd if u.itemsize == 4 else 0, np.int32)
-        Ab = np.empty((N, nd), u.dtype)                     # A of the block, transposed
-        dtv = np.empty(nd, u.dtype)                         # Delta_t, u_t, Delta_t u_t of the block
-        ev = np.empty(nd, u.dtype)
-        uv = np.empty(nd, u.dtype)
-        dtu = np.empty(nd, u.dtype)
-        acc = np.empty(nd, u.dtype)
-        zv = np.empty(nd, u.dtype)
-        for n in range(N):
-            for j in range(nd):
-                h[n, j] = h0[b, d0 + j, n]
-                Ab[n, j] = At[n, d0 + j]
-        for t in range(L):
-            if t % chunk == 0:                              # checkpoint h_{t-1} for the backward
-                for n in range(N):
-                    for j in range(nd):
-                        ckpt[b, t // chunk, n, d0 + j] = h[n, j]
-            _load_dt(delta, bias, softplus, b, t, d0, nd, dtv, ev, bits64, bits32)     # line 4: Delta
-            for j in range(nd):
-                uv[j] = u[b, t, d0 + j]
-                dtu[j] = dtv[j] * uv[j]                     # B_bar u = Delta u B (Euler, as the reference code)
-                acc[j] = 0.0
-            for n in range(N):
-                for j in range(nd):
-                    a_bar[n, j] = dtv[j] * Ab[n, j]         # line 5: Delta A
-            _exp_buffer(a_flat, bits64, bits32)             # eq. (4): A_bar = exp(Delta A)
-            for n in range(N):
-                bn = B[b, t, n]
-                cn = C[b, t, n]
-                for j in range(nd):
-                    hv = a_bar[n, j] * h[n, j] + dtu[j] * bn    # eq. (2a): h_t = A_bar h_{t-1} + B_bar x_t
-                    h[n, j] = hv
-                    acc[j] += cn * hv                       # eq. (2b): y_t = C_t h_t
-            for j in range(nd):
-                acc[j] += Dsk[d0 + j] * uv[j]               # skip connection D u
-            if has_z:                                       # gate: y_t silu(z_t) = y_t z_t / (1 + exp(-z_t))
-                for j in range(nd):
-                    zv[j] = -z[b, t, d0 + j]
-                _exp_buffer(zv, bits64, bits32)
-                for j in range(nd):
-                    acc[j] *= z[b, t, d0 + j] / (1.0 + zv[j])
-            for j in range(nd):
-                y[b, t, d0 + j] = acc[j]
-        for n in range(N):
-            for j in range(nd):
-                h_last[b, d0 + j, n] = h[n, j]
-
-
-@njit(cache=True)
-def _sum_over_channels(tmp, nd, out):
-    """out[n] = sum_j tmp[n, j], j = 0 .. nd-1 in order (a fixed, thread-independent order); the inner loop runs
-    over n so that it vectorises."""
-    for n in range(tmp.shape[0]):
-        out[n] = tmp[n, 0]
-    for j in range(1, nd):
-        for n in range(tmp.shape[0]):
-            out[n] += tmp[n, j]
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def _ssm_backward_kernel(u, delta, bias, softplus, At, B, C, Dsk, z, has_z, ckpt, dout, chunk, block, group,
-                         du, ddelta, dz, lam, dA_acc, dD_acc, dB_part, dC_part):
-    """Reverse-time adjoint of _ssm_forward_kernel (derivations/mamba.md#adjoint, steps 1-9).
-
-    One work item (``prange``) = one batch element and one group of ``group`` channels. It walks the chunks of
-    time from the last to the first (the adjoint flows backwards), and in each chunk the group's blocks of
-    ``block`` channels one after the other: recompute the block's Delta_t, A_bar_t and states h from the chunk's
-    checkpoint, then walk back in time with lambda_t = dy_t C_t + A_bar_{t+1} lambda_{t+1}. What carries over from
-    one chunk to the previous one lives in arrays of size (b, N, D): lam (in: dLoss/dh_{L-1}, transposed; out:
-    dLoss/dh0) and the float64 sums dA_acc (and dD_acc, (b, D)); a block loads its part at the start of the chunk
-    and stores it back at the end, so the sums run in time order whatever the chunk. B_t and C_t are shared by all
-    channels, so dB_t and dC_t are sums over channels: over a block's channels (in order), then over the group's
-    blocks (in order) into dB_part[group] / dC_part[group], summed over groups afterwards. The scratch of an item
-    is the states and A_bar of one chunk and one block, 2 * chunk * N * block numbers (chunk ~ sqrt(L) by
-    default), and the work items need no synchronisation (one parallel launch, no barrier per chunk).
-    Steps 1-2 (gate, skip) are done per time step too: with the gate (has_z), dy_t = dout_t silu(z_t) and
-    dz_t = dout_t y_t silu'(z_t), where y_t = C_t h_t + D u_t is recomputed from the chunk's states (never cached).
-    """
-    nb, L, D = u.shape
-    N = At.shape[0]
-    n_groups = (D + group - 1) // group
-    n_chunks = ckpt.shape[1]
-    for item in prange(nb * n_groups):                      # independent (batch, channel group) adjoints
-        b = item // n_groups
-        g = item % n_groups
-        g0 = g * group
-        g1 = min(D, g0 + group)
-        hs_buf = np.empty((chunk + 1) * N * block, u.dtype)  # flat buffers, viewed per (chunk, block) below
-        ab_buf = np.empty(chunk * N * block, u.dtype)
-        dts_buf = np.empty(chunk * block, u.dtype)
-        sig_buf = np.empty(chunk * block, u.dtype)
-        bits64 = np.empty(N * block if u.itemsize == 8 else 0, np.int64)   # exponent bits for exp (one step)
-        bits32 = np.empty(N * block if u.itemsize == 4 else 0, np.int32)
-        Ab = np.empty((N, block), u.dtype)                  # A of the block, transposed
-        lamb = np.empty((N, block), u.dtype)                # adjoint lambda = dLoss/dh of the block
-        dAb = np.empty((N, block))                          # float64: a sum over every time step
-        dDb = np.empty(block)                               # float64: a sum over every time step
-        yacc = np.empty(block, u.dtype)
-        sB = np.empty(N, u.dtype)
-        sC = np.empty(N, u.dtype)
-        sv = np.empty(block, u.dtype)                       # sigmoid(z_t) of the block
-        tmpB = np.empty((N, block), u.dtype)
-        tmpC = np.empty((N, block), u.dtype)
-        uv = np.empty(block, u.dtype)
-        gv = np.empty(block, u.dtype)
-        dtv = np.empty(block, u.dtype)
-        dtu = np.empty(block, u.dtype)
-        du_acc = np.empty(block, u.dtype)
-        ddt_acc = np.empty(block, u.dtype)
-        for c in range(n_chunks - 1, -1, -1):               # chunks from last to first
-            t0 = c * chunk
-            T = min(L, t0 + chunk) - t0
-            for d0 in range(g0, g1, block):                 # the group's blocks, in channel order
-                nd = min(block, g1 - d0)
-                hs = hs_buf[:(T + 1) * N * nd].reshape((T + 1, N, nd))     # h_{t0-1} .. h_{t0+T-1}
-                ab_flat = ab_buf[:T * N * nd]
-                a_bars = ab_flat.reshape((T, N, nd))        # A_bar_t of the chunk
-                dts = dts_buf[:T * nd].reshape((T, nd))     # Delta_t of the chunk
-                sig = sig_buf[:T * nd].reshape((T, nd))     # exp(-|x_t|), then sigmoid(x_t) (softplus', step 9)
-                for n in range(N):
-                    for j in range(nd):
-                        Ab[n, j] = At[n, d0 + j]
-                        lamb[n, j] = lam[b, n, d0 + j]      # A_bar_{t1} lambda_{t1} from the later chunk
-                        dAb[n, j] = dA_acc[b, n, d0 + j]
-                        hs[0, n, j] = ckpt[b, c, n, d0 + j]     # h_{t0-1}
-                for j in range(nd):
-                    dDb[j] = dD_acc[b, d0 + j]
-                for i in range(T):                          # recompute Delta_t, A_bar_t, eq. (2a) in the chunk
-                    t = t0 + i
-                    _load_dt(delta, bias, softplus, b, t, d0, nd, dts[i], sig[i], bits64, bits32)
-                    for n in range(N):
-                        for j in range(nd):
-                            a_bars[i, n, j] = dts[i, j] * Ab[n, j]
-                    _exp_buffer(ab_flat[i * N * nd:(i + 1) * N * nd], bits64, bits32)     # A_bar_t, eq. (4)
-                    for j in range(nd):
-                        dtu[j] = dts[i, j] * u[b, t, d0 + j]
-                    for n in range(N):
-                        bn = B[b, t, n]
-                        for j in range(nd):
-                            hs[i + 1, n, j] = a_bars[i, n, j] * hs[i, n, j] + dtu[j] * bn
-                    if softplus:                            # sigmoid(x) from e = exp(-|x|): 1/(1+e) or e/(1+e)
-                        for j in range(nd):
-                            x = delta[b, t, d0 + j] + bias[d0 + j]
-                            sig[i, j] = (1.0 if x >= 0.0 else sig[i, j]) / (1.0 + sig[i, j])
-                for i in range(T - 1, -1, -1):              # reverse time: hs[i + 1] = h_t, hs[i] = h_{t-1}
-                    t = t0 + i
-                    for j in range(nd):
-                        dtv[j] = dts[i, j]
-                        uv[j] = u[b, t, d0 + j]
-                        gv[j] = dout[b, t, d0 + j]
-                        dtu[j] = dtv[j] * uv[j]
-                        du_acc[j] = 0.0
-                        ddt_acc[j] = 0.0
-                        yacc[j] = 0.0
-                    if has_z:                               # step 1: sigmoid(z) = 1 / (1 + exp(-z))
-                        for j in range(nd):
-                            sv[j] = -z[b, t, d0 + j]
-                        _exp_buffer(sv[:nd], bits64, bits32)
-                        for j in range(nd):
-                            sv[j] = 1.0 / (1.0 + sv[j])
-                            gv[j] *= z[b, t, d0 + j] * sv[j]    # dy_t = dout_t silu(z_t)
-                    for j in range(nd):
-                        dDb[j] += gv[j] * uv[j]             # step 2: dD = sum dy u
-                    for n in range(N):
-                        bn = B[b, t, n]
-                        cn = C[b, t, n]
-                        for j in range(nd):
-                            lamb[n, j] += gv[j] * cn                           # step 3: lambda_t += dy_t C_t
-                            tmpC[n, j] = gv[j] * hs[i + 1, n, j]                       # step 4: dC_t = sum_d dy_t h_t
-                            tmpB[n, j] = lamb[n, j] * dtu[j]                      # step 5: dB_t = sum_d lambda_t dt u
-                        for j in range(nd):
-                            du_acc[j] += lamb[n, j] * bn                       # step 6: du_t = dt sum_n lambda B
-                        for j in range(nd):
-                            ah = a_bars[i, n, j] * hs[i, n, j]                         # A_bar_t h_{t-1}
-                            ddt_acc[j] += lamb[n, j] * (bn * uv[j] + Ab[n, j] * ah)     # step 7
-                            dAb[n, j] += lamb[n, j] * dtv[j] * ah               # step 8
-                        for j in range(nd):
-                            lamb[n, j] *= a_bars[i, n, j]                              # A_bar_t lambda_t, for step t-1
-                        if has_z:
-                            for j in range(nd):
-                                yacc[j] += cn * hs[i + 1, n, j]                     # y_t = C_t h_t, eq. (2b) again
-                    _sum_over_channels(tmpB, nd, sB)        # sums over the block's channels
-                    _sum_over_channels(tmpC, nd, sC)
-                    for n in range(N):                      # ... and over the group's blocks, in order
-                        if d0 == g0:
-                            dB_part[g, b, t, n] = sB[n]
-                            dC_part[g, b, t, n] = sC[n]
-                        else:
-                            dB_part[g, b, t, n] += sB[n]
-                            dC_part[g, b, t, n] += sC[n]
-                    for j in range(nd):
-                        du[b, t, d0 + j] = dtv[j] * du_acc[j] + Dsk[d0 + j] * gv[j]    # steps 6 and 2
-                        ddelta[b, t, d0 + j] = ddt_acc[j] * sig[i, j] if softplus else ddt_acc[j]   # step 9
-                    if has_z:                               # step 1: dz = dout y silu'(z), silu' = s (1 + z (1 - s))
-                        for j in range(nd):
-                            zj = z[b, t, d0 + j]
-                            yj = yacc[j] + Dsk[d0 + j] * uv[j]
-                            dz[b, t, d0 + j] = dout[b, t, d0 + j] * yj * sv[j] * (1.0 + zj * (1.0 - sv[j]))
-                for n in range(N):                          # carry lambda and the dA sums to the previous chunk
-                    for j in range(nd):
-                        lam[b, n, d0 + j] = lamb[n, j]
-                        dA_acc[b, n, d0 + j] = dAb[n, j]
-                for j in range(nd):
-                    dD_acc[b, d0 + j] = dDb[j]
-
-
 # The same loops compiled without threads: below PARALLEL_MIN_WORK state updates (b * L * D * N) a parallel launch
 # costs about what it saves (measured on 2 cores: break-even near 1e5 updates, 1.8x faster at 1e6).
 PARALLEL_MIN_WORK = 1 << 17
-
-
-def _serial_build(kernel, name):
-    """The kernel's Python function under a new name (so numba's on-disk cache keeps the two builds apart)."""
-    f = getattr(kernel, "py_func", kernel)
-    g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
-    g.__qualname__ = name
-    g.__doc__ = f.__doc__
-    return njit(cache=True, error_model="numpy")(g)
-
-
-_ssm_forward_serial = _serial_build(_ssm_forward_kernel, "_ssm_forward_serial")
-_ssm_backward_serial = _serial_build(_ssm_backward_kernel, "_ssm_backward_serial")
 
 
 def adaptive_chunk(L, D, batch=1):
@@ -455,7 +129,7 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     y = np.empty((nb, L, Dd), dtype)                                             # (b, L, D) C_t h_t + D u_t
     h_last = np.empty((nb, Dd, N), dtype)                                        # (b, D, N)
     ckpt = np.empty((nb, (L + chunk - 1) // chunk, N, Dd), dtype)               # (b, n_chunks, N, D)
-    kernel = _ssm_forward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_forward_serial
+    kernel = ssm_forward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else ssm_forward_serial
     kernel(np.ascontiguousarray(u), np.ascontiguousarray(delta), bias, bool(delta_softplus), At,
            np.ascontiguousarray(B), np.ascontiguousarray(C), Dsk,
            np.ascontiguousarray(z) if z is not None else np.empty((1, 1, 1), dtype), z is not None,
@@ -465,6 +139,31 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     return (out, h_last), cache
 
 
+def _check_cache(cache):
+    """The cache must be selective_scan_forward's, with shapes that agree: the kernels index every array by them
+    (a wrong chunk or a short checkpoint would read out of bounds or divide by zero). Returns (u, N)."""
+    if not isinstance(cache, ScanCache):
+        validate.fail("cache", "the ScanCache returned by selective_scan_forward", type(cache).__name__)
+    u = validate.float_array(cache.u, "cache.u", ndim=3)
+    nb, L, Dd = u.shape
+    chunk = validate.positive_int(cache.chunk, "cache.chunk")
+    N = validate.array(cache.At, "cache.At", shape=(None, Dd), dtype=u.dtype).shape[0]
+    if L < 1 or Dd < 1 or N < 1:
+        validate.fail("cache.u", "a non-empty scan (L, D, N >= 1)", (nb, L, Dd, N))
+    shapes = dict(delta=u.shape, bias=(Dd,), B=(nb, L, N), C=(nb, L, N), D=(Dd,), ckpt=(nb, -(-L // chunk), N, Dd))
+    for name, shape in shapes.items():
+        validate.array(getattr(cache, name), "cache." + name, shape=shape, dtype=u.dtype)
+    if not isinstance(cache.delta_softplus, (bool, np.bool_)):
+        validate.fail("cache.delta_softplus", "a bool", repr(cache.delta_softplus))
+    has = cache.has
+    if not (isinstance(has, tuple) and len(has) == 4 and all(isinstance(x, (bool, np.bool_)) for x in has)
+            and has[1] == (cache.z is not None)):
+        validate.fail("cache.has", "4 bools (D, z, delta_bias, h0 given), z's flag matching cache.z", repr(has))
+    if cache.z is not None:
+        validate.array(cache.z, "cache.z", shape=u.shape, dtype=u.dtype)
+    return u, N
+
+
 def selective_scan_backward(dy, cache):
     """Backward of selective_scan_forward: the reverse-time adjoint (derivations/mamba.md#adjoint).
 
@@ -472,11 +171,8 @@ def selective_scan_backward(dy, cache):
     into the returned last state). Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0) in argument
     order, None for an optional input that was not given. Nothing of size (b, L, D, N) is allocated.
     """
-    if not isinstance(cache, ScanCache):
-        validate.fail("cache", "the ScanCache returned by selective_scan_forward", type(cache).__name__)
-    u = cache.u
+    u, N = _check_cache(cache)
     nb, L, Dd = u.shape
-    N = cache.At.shape[0]
     dtype = u.dtype
     if isinstance(dy, (tuple, list)):
         if len(dy) != 2:
@@ -502,7 +198,7 @@ def selective_scan_backward(dy, cache):
     n_groups = (Dd + group - 1) // group
     dB_part = np.empty((n_groups, nb, L, N), dtype)            # per channel group, summed below
     dC_part = np.empty((n_groups, nb, L, N), dtype)
-    kernel = _ssm_backward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else _ssm_backward_serial
+    kernel = ssm_backward_kernel if nb * L * Dd * N >= PARALLEL_MIN_WORK else ssm_backward_serial
     kernel(np.ascontiguousarray(u), np.ascontiguousarray(cache.delta), cache.bias, cache.delta_softplus,
            cache.At, np.ascontiguousarray(cache.B), np.ascontiguousarray(cache.C), cache.D,
            np.ascontiguousarray(z) if has_z else dz, has_z, cache.ckpt, np.ascontiguousarray(dout),
@@ -554,49 +250,3 @@ def selective_scan_step(h, u, delta, A, B, C, D=None, z=None, delta_bias=None, *
         z64 = z.astype(np.float64)
         y = y * z64 / (1.0 + np.exp(-z64))                                      # y * silu(z)
     return (y.astype(u.dtype), h_new.astype(u.dtype))
-
-
-def _gc_make(rng, *, softplus, with_opts):
-    nb, L, Dd, N = 2, 5, 3, 2
-    inputs = dict(
-        u=rng.standard_normal((nb, L, Dd)),
-        delta=rng.standard_normal((nb, L, Dd)) * 0.5 + (0.0 if softplus else 1.0),
-        A=-np.exp(rng.standard_normal((Dd, N)) * 0.5),
-        B=rng.standard_normal((nb, L, N)),
-        C=rng.standard_normal((nb, L, N)),
-    )
-    if with_opts:
-        inputs.update(D=rng.standard_normal(Dd), z=rng.standard_normal((nb, L, Dd)),
-                      delta_bias=rng.standard_normal(Dd) * 0.3, h0=rng.standard_normal((nb, Dd, N)))
-    return inputs
-
-
-def _gc_forward(softplus, chunk):
-    def fwd(**kw):
-        return selective_scan_forward(**kw, delta_softplus=softplus, chunk=chunk)
-    return fwd
-
-
-def _gc_backward(names):
-    def bwd(dy, cache):
-        grads = selective_scan_backward(dy, cache)
-        order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
-        return {k: g for k, g in zip(order, grads) if k in names}
-    return bwd
-
-
-_ALL = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
-_CORE = ("u", "delta", "A", "B", "C")
-
-from ..core.registry import Op  # noqa: E402  (registry entries at the bottom, as in every module)
-
-GRADCHECKS = [
-    Op(name="mamba.selective_scan(softplus, D, z, bias, h0)",
-       forward=_gc_forward(True, 2), backward=_gc_backward(_ALL),
-       make_inputs=lambda rng: _gc_make(rng, softplus=True, with_opts=True),
-       covers=("scratch_transformers.mamba.scan.selective_scan_backward",), wrt=_ALL, tol=1e-6),
-    Op(name="mamba.selective_scan(plain)",
-       forward=_gc_forward(False, 64), backward=_gc_backward(_CORE),
-       make_inputs=lambda rng: _gc_make(rng, softplus=False, with_opts=False),
-       covers=("scratch_transformers.mamba.scan.selective_scan_backward",), wrt=_CORE, tol=1e-6),
-]

@@ -396,3 +396,47 @@ def test_runs_without_jit_and_matches_reference(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert float(res.stdout.strip().splitlines()[-1]) <= 1e-12
+
+
+def test_backward_checks_that_the_cache_is_its_forwards(rng):
+    """The kernels index every array by the cache's shapes and divide time by its chunk: a cache that is not
+    selective_scan_forward's, or whose pieces disagree, is refused (chunk = 0 gave NaN gradients, a short
+    checkpoint array an out-of-bounds read)."""
+    kw = make(rng, 2, 5, 3, 2)
+    _, cache = selective_scan_forward(**kw, delta_softplus=True, chunk=2)
+    dout = np.ones((2, 5, 3))
+    bad = [(cache._replace(chunk=0), "cache.chunk"),
+           (cache._replace(chunk=1), "cache.ckpt: expected shape"),            # ckpt holds 3 chunks, not 5
+           (cache._replace(ckpt=cache.ckpt[:, :2]), "cache.ckpt: expected shape"),
+           (cache._replace(B=cache.B[:, :4]), "cache.B: expected shape"),
+           (cache._replace(At=cache.At[:, :2]), "cache.At: expected shape"),
+           (cache._replace(C=cache.C.astype(np.float32)), "cache.C: expected dtype"),
+           (cache._replace(z=None), "cache.has"),
+           (cache._replace(delta_softplus="no"), "cache.delta_softplus"),
+           (tuple(cache), "cache: expected the ScanCache")]
+    for c, match in bad:
+        with pytest.raises(ValueError, match=match):
+            selective_scan_backward(dout, c)
+    from scratch_transformers.attention.reference import attention_forward
+    _, other = attention_forward(*(rng.standard_normal((1, 1, 3, 2)) for _ in range(3)))
+    with pytest.raises(ValueError, match="cache: expected the ScanCache"):
+        selective_scan_backward(dout, other)
+    selective_scan_backward(dout, cache)                                        # the real one still works
+
+
+@pytest.mark.parametrize("name,index", [("u", (0, 3, 1)), ("delta", (1, 2, 0)), ("B", (0, 1, 1)), ("z", (1, 4, 2)),
+                                        ("h0", (0, 2, 0))])
+def test_nan_input_propagates_like_the_reference(rng, name, index):
+    """Non-finite policy: a NaN input gives NaN exactly where the plain NumPy recurrence gives NaN (the outputs and
+    gradients that depend on it), and leaves every other entry finite and equal."""
+    kw = make(rng, 2, 6, 3, 2)
+    kw[name][index] = np.nan
+    dout, dh = rng.standard_normal((2, 6, 3)), rng.standard_normal((2, 3, 2))
+    with np.errstate(invalid="ignore"):
+        (out, hl, grads), (rout, rhl, rgrads) = run_both(kw, True, dout, dh, chunk=4)
+    for label, got, want in [("out", out, rout), ("h_last", hl, rhl)] + list(zip(NAMES, grads, rgrads)):
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(got), nan), label
+        if (~nan).any():
+            assert rel(got[~nan], want[~nan]) <= 1e-12, label
+    assert np.isnan(out).any() and np.isfinite(out).any()

@@ -1,6 +1,6 @@
 """FlashAttention: exact attention in tiles, never materialising the N x N score matrix (numba).
 
-Two forwards and one backward, each a numba loop nest that reads beside the paper's algorithm:
+The FA-2 forward and the backward, each a numba loop nest that reads beside the paper's algorithm:
 
 - ``flash_attention_forward``: FlashAttention-2 loop order (FA-2 Algorithm 1): outer loop over query
   blocks Q_i (each one independent work for ``prange``), inner loop over key/value blocks K_j, V_j,
@@ -8,9 +8,6 @@ Two forwards and one backward, each a numba loop nest that reads beside the pape
   end, and the row log-sum-exp L = m + log(l) saved for the backward. With the scale tau, masking,
   bias and dropout of FA-1 Algorithm 2 (App. B.3). Its tiles are stored key-major (S_ij^T, O~_i^T), so
   every inner loop runs along the B_r = 512 queries of the block (see ``_fa2_forward_kernel``).
-- ``flash_attention_fa1_forward``: FA-1 Algorithm 1 as printed (outer loop over K_j, V_j; O_i, l_i,
-  m_i read from and written back to "HBM" on every inner step), with Algorithm 2's extras. Tested
-  equal to the FA-2 kernel; it returns the paper's (O, l, m).
 - ``flash_attention_backward``: recomputation from L (FA-2 Algorithm 2 / FA-1 Algorithm 4):
   D = rowsum(dO o O), then per tile P = exp(S - L), dV += P^T dO, dP = dO V^T, dS = P o (dP - D),
   dQ += tau dS K, dK += tau dS^T Q (and dbias += dS). No N x N array is ever allocated (unless the
@@ -35,14 +32,15 @@ agree with the materialised reference to ~1e-15).
 Masking (as in ``attention.reference``): causal ``top_left`` lets query i see key j iff j <= i,
 ``bottom_right`` iff j <= i + Nk - Nq; key blocks that lie entirely above the diagonal are skipped,
 not masked (FA-2 §3.1.1). ``key_padding_mask`` (B, Nk), True = padded key. A row that sees no key
-gets out = 0 and lse = -inf, and no NaN anywhere.
+gets out = 0 and lse = -inf, and no NaN anywhere. A NaN (or inf) in q, k or v propagates as in the
+reference: the rows whose scores it reaches get out = NaN and lse = NaN, never a masked-looking 0.
+The kernels take the options as three NamedTuples (``tiles.Masking``, ``dropout.Dropout``,
+``tiles.Tiles``), so each call reads ``kernel(q, k, v, scale, masking, dropout, tiles, out, lse)``.
+The paper-literal FA-1 Algorithm 1 (outer loop over K_j, V_j) is ``attention.flash1``.
 
-Dropout (FA-1 Alg. 2 line 14, Alg. 4 line 14): counter-based, so nothing is stored. Entry
-(b, h, i, j) of call seed s is kept iff u >= p, where u = top 53 bits of splitmix64 output number
-((b*H + h)*Nq + i)*Nk + j of the stream seeded by s, divided by 2^53. The backward regenerates the
-same keep-mask from (s, b, h, i, j); ``flash_dropout_mask`` materialises it for tests. An explicit
-boolean ``dropout_mask`` (the reference's option) is accepted instead of a seed, so the model can pass
-the same options to either core.
+Dropout (FA-1 Alg. 2 line 14, Alg. 4 line 14): counter-based (``attention.dropout``), so nothing is
+stored: the backward regenerates the forward's keep-mask from (seed, b, h, i, j). An explicit boolean
+``dropout_mask`` (the reference's option) is accepted instead of a seed.
 
 Usage (float32 or float64, any block sizes):
 
@@ -56,98 +54,34 @@ Usage (float32 or float64, any block sizes):
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ..core import validate
-from ..core.registry import Op
-from .reference import check_attention_args
-from ..core.vexp import _exp_buffer
-from .tiles import _mask_tile, _mask_tile_t, _mm_abt, _mm_acc_ab
-_NO_CAUSAL = np.iinfo(np.int64).max // 4   # "allowed iff j <= i + offset" with an offset no j reaches
+from ..core.vexp import exp_buffer
+from .dropout import flash_dropout_mask, kept, make_dropout  # noqa: F401  (flash_dropout_mask: importable here too)
+from .flash_options import flash_options, n_workers
+from .tiles import make_masking, make_tiles, mask_tile, mask_tile_t, tile_matmul
 
-# splitmix64 constants (Steele, Lea & Flood 2014; the generator behind Java's SplittableRandom)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-_ONE = np.uint64(1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Counter-based dropout
-
-@njit(cache=True)
-def _keep(seed, counter, threshold):
-    """True iff dropout keeps the entry with this counter: splitmix64(seed, counter) >> 11 >= threshold."""
-    z = seed + (np.uint64(counter) + _ONE) * _GOLDEN
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    z = z ^ (z >> _S31)
-    return (z >> _S11) >= threshold
-
-
-@njit(cache=True)
-def _kept(zmask, zst, has_zmask, b, h, i, j, seed, counter, threshold):
-    """Dropout keep decision for entry (b, h, i, j): the caller's explicit mask if one was given
-    (flat, with element strides zst), else the counter-based generator."""
-    if has_zmask:
-        return zmask[b * zst[0] + h * zst[1] + i * zst[2] + j * zst[3]]
-    return _keep(seed, counter, threshold)
-
-
-def _dropout_threshold(p: float) -> np.uint64:
-    """Keep iff top-53-bit uniform integer >= ceil(p * 2^53): keep probability 1 - p (to 2^-53)."""
-    return np.uint64(math.ceil(p * 2.0 ** 53))
-
-
-def _seed64(seed: int) -> np.uint64:
-    return np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF)
-
-
-@njit(cache=True, parallel=True)
-def _dropout_mask_kernel(seed, threshold, keep):
-    n_b, n_h, n_q, n_k = keep.shape
-    for bh in prange(n_b * n_h):
-        b, h = bh // n_h, bh % n_h
-        for i in range(n_q):
-            base = ((b * n_h + h) * n_q + i) * n_k
-            for j in range(n_k):
-                keep[b, h, i, j] = _keep(seed, base + j, threshold)
-
-
-def flash_dropout_mask(seed, shape, dropout_p):
-    """The boolean keep-mask (B, H, Nq, Nk) that flash attention with this seed and p applies.
-
-    Materialised only for testing (e.g. as ``dropout_mask`` of ``attention.reference``); the
-    kernels regenerate each entry from (seed, b, h, i, j) instead.
-    """
-    seed = validate.integer(seed, "seed")
-    if not (isinstance(shape, tuple) and len(shape) == 4 and all(isinstance(s, int) and s >= 1 for s in shape)):
-        validate.fail("shape", "a tuple (B, H, Nq, Nk) of positive ints", repr(shape))
-    dropout_p = validate.probability(dropout_p, "dropout_p")
-    keep = np.empty(shape, dtype=np.bool_)
-    with np.errstate(over="ignore"):
-        _dropout_mask_kernel(_seed64(seed), _dropout_threshold(dropout_p), keep)
-    return keep
+KEY_GROUPS = 2                   # the backward's work items per (batch, head): key blocks j mod 2
+FORWARD_BLOCKS = (512, 128)      # (B_r, B_c) of the FA-2 forward: float32, d = 64, N = 8192, 2 cores,
+BACKWARD_BLOCKS = (64, 512)      # interleaved runs against (512, 64) / (256, 256) and (64, 256) / (128, 512)
 
 
 # ----------------------------------------------------------------------------------------------
 # FA-2 forward
 
 @njit(cache=True, parallel=True)
-def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed, threshold,
-                        zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, out, lse):
+def _fa2_forward_kernel(q, k, v, scale, masking, dropout, tiles, out, lse):
     """FA-2 Algorithm 1 with its tiles stored key-major: st[c, r] holds S_ij[r, c], acc_t[t, r] holds
     O~_i[r, t]. The algorithm is unchanged; the layout puts the B_r queries of the block on the
     contiguous axis, so the running max and sum of line 9 and the rescaling of line 10 are element-wise
-    loops over the queries (no row reductions) and both tile products run along B_r (``_mm_abt``)."""
+    loops over the queries (no row reductions) and both tile products run along B_r (``tile_matmul``)."""
     n_b, n_h, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
+    block_q, block_k, n_workers = tiles
     t_r = (n_q + block_q - 1) // block_q
     n_items = n_b * n_h * t_r
     for w in prange(n_workers):                                  # FA-2 §3.2: workers own row blocks
@@ -177,7 +111,7 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
             for t in range(d_v):
                 for r in range(br):
                     acc_t[t, r] = 0.0
-            last_key = min(n_k - 1, r0 + br - 1 + offset)        # causal: later key blocks skipped
+            last_key = min(n_k - 1, r0 + br - 1 + masking.offset)        # causal: later key blocks skipped
             for c0 in range(0, last_key + 1, block_k):           # line 6: for j in 1..T_c
                 bc = min(block_k, n_k - c0)
                 for c in range(bc):                              # line 7: load K_j, V_j
@@ -185,9 +119,9 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
                         k_t[c, t] = k[b, h, c0 + c, t]
                     for t in range(d_v):
                         vt_t[t, c] = v[b, h, c0 + c, t]
-                _mm_abt(k_t, qt_t, bc, br, d, st, False)         # line 8: S^T = K_j (tau Q_i)^T
-                _mask_tile_t(st, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
-                             c0 + bc - 1 > r0 + offset)          # only diagonal tiles need the mask
+                tile_matmul(k_t, qt_t, bc, br, d, st, False)     # line 8: S^T = K_j (tau Q_i)^T
+                mask_tile_t(st, b, h, r0, c0, br, bc, masking,   # only diagonal tiles need the causal mask
+                            c0 + bc - 1 > r0 + masking.offset)
                 for r in range(br):                              # line 9: m = max(m_old, rowmax S)
                     m_new[r] = m[r]
                 for c in range(bc):
@@ -197,114 +131,49 @@ def _fa2_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kp
                     shift[r] = m_new[r] if m_new[r] > -np.inf else 0.0   # m = -inf; exp(-inf - 0) = 0
                     alpha[r] = m[r] - shift[r]
                     m[r] = m_new[r]
-                _exp_buffer(alpha[:br], bits64, bits32)          # e^{m_old - m_new} (0 if m_old = -inf)
+                exp_buffer(alpha[:br], bits64, bits32)          # e^{m_old - m_new} (0 if m_old = -inf)
                 for r in range(br):
                     l[r] *= alpha[r]
                 for c in range(bc):
                     for r in range(br):
                         st[c, r] -= shift[r]
-                    _exp_buffer(st[c, :br], bits64, bits32)      # line 9: P~ = exp(S - m)
+                    exp_buffer(st[c, :br], bits64, bits32)      # line 9: P~ = exp(S - m)
                     for r in range(br):
                         l[r] += st[c, r]                         # line 9: l += rowsum P~ (undropped)
-                if has_dropout:                                  # Alg. 2 line 14: P~ o Z
+                if dropout.active:                               # Alg. 2 line 14: P~ o Z
                     for c in range(bc):
                         for r in range(br):
                             i = r0 + r
-                            keep = _kept(zmask, zst, has_zmask, b, h, i, c0 + c, seed,
-                                         ((b * n_h + h) * n_q + i) * n_k + c0 + c, threshold)
-                            st[c, r] = st[c, r] * inv_keep if keep else 0.0
+                            keep = kept(dropout, b, h, i, c0 + c, ((b * n_h + h) * n_q + i) * n_k + c0 + c)
+                            st[c, r] = st[c, r] * dropout.inv_keep if keep else 0.0
                 for t in range(d_v):                             # line 10: diag(alpha) O~ ...
                     for r in range(br):
                         acc_t[t, r] *= alpha[r]
-                _mm_abt(vt_t, st, d_v, br, bc, acc_t, True)      # line 10: ... + P~ V_j  (as V_j^T P~^T)
+                tile_matmul(vt_t, st, d_v, br, bc, acc_t, True)  # line 10: ... + P~ V_j  (as V_j^T P~^T)
             for r in range(br):                                  # lines 12-15
-                if l[r] > 0.0:
+                if l[r] == 0.0:                                  # a row that sees no key: O = 0, L = -inf
+                    for t in range(d_v):
+                        out[b, h, r0 + r, t] = 0.0
+                    lse[b, h, r0 + r] = -np.inf
+                else:                                            # (l is NaN if a score was: O, L NaN)
                     inv_l = 1.0 / l[r]
                     for t in range(d_v):
                         out[b, h, r0 + r, t] = acc_t[t, r] * inv_l   # line 12: O_i = diag(l)^-1 O~
                     lse[b, h, r0 + r] = m[r] + np.log(l[r])      # line 13: L_i = m + log(l)
-                else:                                            # fully masked row
-                    for t in range(d_v):
-                        out[b, h, r0 + r, t] = 0.0
-                    lse[b, h, r0 + r] = -np.inf
-
-
-# ----------------------------------------------------------------------------------------------
-# FA-1 Algorithm 1 (as printed; with Algorithm 2's tau, mask and dropout)
-
-@njit(cache=True, parallel=True)
-def _fa1_forward_kernel(q, k, v, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed, threshold,
-                        zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, out, ell, m_hbm):
-    n_b, n_h, n_q, d = q.shape
-    n_k, d_v = k.shape[2], v.shape[3]
-    for bh in prange(n_b * n_h):                                 # FA-1: one worker per (batch, head)
-        b, h = bh // n_h, bh % n_h
-        for i in range(n_q):                                     # line 2: O = 0, l = 0, m = -inf in HBM
-            ell[b, h, i] = 0.0
-            m_hbm[b, h, i] = -np.inf
-            for t in range(d_v):
-                out[b, h, i, t] = 0.0
-        q_t = np.empty((block_q, d), q.dtype)
-        kt_t = np.empty((d, block_k), q.dtype)
-        v_t = np.empty((block_k, d_v), q.dtype)
-        s = np.empty((block_q, block_k), q.dtype)
-        for c0 in range(0, n_k, block_k):                        # line 5: for j in 1..T_c
-            bc = min(block_k, n_k - c0)
-            for c in range(bc):                                  # line 6: load K_j, V_j
-                for t in range(d):
-                    kt_t[t, c] = k[b, h, c0 + c, t]
-                for t in range(d_v):
-                    v_t[c, t] = v[b, h, c0 + c, t]
-            for r0 in range(0, n_q, block_q):                    # line 7: for i in 1..T_r
-                br = min(block_q, n_q - r0)
-                if c0 > r0 + br - 1 + offset:                    # tile above the diagonal: skip
-                    continue
-                for r in range(br):                              # line 8: load Q_i (l_i, m_i, O_i below)
-                    for t in range(d):
-                        q_t[r, t] = q[b, h, r0 + r, t] * scale
-                _mm_abt(q_t, kt_t, br, bc, d, s, False)          # line 9: S_ij = tau Q_i K_j^T
-                _mask_tile(s, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
-                           c0 + bc - 1 > r0 + offset)            # Alg. 2 line 11: MASK
-                for r in range(br):
-                    i = r0 + r
-                    m_tilde = -np.inf                            # line 10: m~ = rowmax(S_ij)
-                    for c in range(bc):
-                        m_tilde = max(m_tilde, s[r, c])
-                    if m_tilde == -np.inf:                       # every key of this tile masked for row i
-                        continue
-                    l_tilde = 0.0
-                    for c in range(bc):                          # line 10: P~ = exp(S - m~), l~ = rowsum
-                        s[r, c] = np.exp(s[r, c] - m_tilde)
-                        l_tilde += s[r, c]
-                    m_i, l_i = m_hbm[b, h, i], ell[b, h, i]      # line 8: load l_i, m_i
-                    m_new = max(m_i, m_tilde)                    # line 11
-                    a_old = np.exp(m_i - m_new) * l_i            # diag(l_i) e^{m_i - m_new}
-                    a_new = np.exp(m_tilde - m_new)              # e^{m~ - m_new}
-                    l_new = a_old + a_new * l_tilde              # line 11: l_new
-                    base = ((b * n_h + h) * n_q + i) * n_k + c0
-                    for t in range(d_v):                         # line 12: O_i (read from HBM) ...
-                        o = a_old * out[b, h, i, t]
-                        pv = 0.0
-                        for c in range(bc):                      # ... + e^{m~ - m_new} P~ V_j
-                            p = s[r, c]
-                            if has_dropout:                      # Alg. 2 line 15: dropped P~
-                                p = p * inv_keep if _kept(zmask, zst, has_zmask, b, h, i, c0 + c, seed, base + c,
-                                                             threshold) else 0.0
-                            pv += p * v_t[c, t]
-                        out[b, h, i, t] = (o + a_new * pv) / l_new   # line 12: diag(l_new)^-1 (...), write
-                    ell[b, h, i] = l_new                         # line 13: write l_i, m_i
-                    m_hbm[b, h, i] = m_new
 
 
 # ----------------------------------------------------------------------------------------------
 # Backward (FA-2 Algorithm 2 / FA-1 Algorithm 4)
 
 @njit(cache=True, parallel=True)
-def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bias, kpm, has_kpm, seed,
-                     threshold, zmask, zst, has_zmask, inv_keep, has_dropout, block_q, block_k, n_workers, dq_groups,
-                     dk, dv, dbias, per_worker_dbias):
+def _backward_kernel(q, k, v, dout, lse, d_row, scale, masking, dropout, tiles, dq_groups, dk, dv, dbias):
+    """FA-2 Algorithm 2 (see flash_attention_backward). dbias: (1 or n_workers, the bias's flat size), one
+    copy per worker when it has n_workers rows."""
     n_b, n_h, n_q, d = q.shape
     n_k, d_v = k.shape[2], v.shape[3]
+    block_q, block_k, n_workers = tiles
+    offset, has_bias = masking.offset, masking.has_bias
+    bs0, bs1, bs2, bs3 = masking.bias_strides                  # the bias's element strides
     n_groups = dq_groups.shape[0]                               # KEY_GROUPS
     n_items = n_b * n_h * n_groups
     for w in prange(n_workers):                                 # FA-2 §3.2: parallel over key blocks;
@@ -317,11 +186,11 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
         dkt_t = np.empty((d, block_k), q.dtype)                 # dK_j^T, dV_j^T: kept transposed so that
         dvt_t = np.empty((d_v, block_k), q.dtype)               # their updates run along the long B_c axis
         p = np.empty((block_q, block_k), q.dtype)               # S, then P
-        p_drop = np.empty((block_q, block_k), q.dtype) if has_dropout else p   # P o Z
+        p_drop = np.empty((block_q, block_k), q.dtype) if dropout.active else p   # P o Z
         ds = np.empty((block_q, block_k), q.dtype)              # dP, then dS
         bits64 = np.empty(block_k if q.itemsize == 8 else 0, np.int64)    # scratch of the vectorised exp
         bits32 = np.empty(block_k if q.itemsize == 4 else 0, np.int32)
-        wb = np.int64(w) if per_worker_dbias else np.int64(0)
+        wb = np.int64(w) if dbias.shape[0] > 1 else np.int64(0)
         for item in range(w, n_items, n_workers):
             b = item // (n_h * n_groups)
             h = (item // n_groups) % n_h
@@ -346,10 +215,9 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
                             dq_t[r, t] = 0.0
                         for t in range(d_v):
                             do_t[r, t] = dout[b, h, r0 + r, t]
-                    _mm_abt(q_t, kt_t, br, bc, d, p, False)     # line 10: S = tau Q_i K_j^T
-                    _mask_tile(p, b, h, r0, c0, br, bc, offset, bias, bst, has_bias, kpm, has_kpm,
-                               c0 + bc - 1 > r0 + offset)
-                    _mm_abt(do_t, vt_t, br, bc, d_v, ds, False)  # line 13: dP = dO_i V_j^T
+                    tile_matmul(q_t, kt_t, br, bc, d, p, False)  # line 10: S = tau Q_i K_j^T
+                    mask_tile(p, b, h, r0, c0, br, bc, masking, c0 + bc - 1 > r0 + offset)
+                    tile_matmul(do_t, vt_t, br, bc, d_v, ds, False)   # line 13: dP = dO_i V_j^T
                     for r in range(br):
                         i = r0 + r
                         L = lse[b, h, i]
@@ -361,24 +229,24 @@ def _backward_kernel(q, k, v, dout, lse, d_row, scale, offset, bias, bst, has_bi
                         else:
                             for c in range(bc):
                                 p[r, c] -= L
-                            _exp_buffer(p[r, :bc], bits64, bits32)   # line 11: P = exp(S - L)
-                        if has_dropout:                         # Alg. 4 lines 14-15, 18: Z on P and dP
+                            exp_buffer(p[r, :bc], bits64, bits32)   # line 11: P = exp(S - L)
+                        if dropout.active:                      # Alg. 4 lines 14-15, 18: Z on P and dP
                             for c in range(bc):
-                                if _kept(zmask, zst, has_zmask, b, h, i, c0 + c, seed, base + c, threshold):
-                                    p_drop[r, c] = p[r, c] * inv_keep
-                                    ds[r, c] *= inv_keep
+                                if kept(dropout, b, h, i, c0 + c, base + c):
+                                    p_drop[r, c] = p[r, c] * dropout.inv_keep
+                                    ds[r, c] *= dropout.inv_keep
                                 else:
                                     p_drop[r, c] = 0.0
                                     ds[r, c] = 0.0
                         for c in range(bc):
                             ds[r, c] = p[r, c] * (ds[r, c] - D)  # line 14: dS = P o (dP - D)
                         if has_bias:                            # dbias += dS (reduced to the bias's shape)
-                            row = b * bst[0] + h * bst[1] + i * bst[2]
+                            row = b * bs0 + h * bs1 + i * bs2
                             for c in range(bc):
-                                dbias[wb, row + (c0 + c) * bst[3]] += ds[r, c]
-                    _mm_abt(do_t.T, p_drop, d_v, bc, br, dvt_t, True)   # line 12: dV_j^T += dO_i^T (P o Z)
-                    _mm_abt(q_t.T, ds, d, bc, br, dkt_t, True)  # line 16: dK_j^T += (tau Q_i)^T dS
-                    _mm_acc_ab(ds, k_t, br, bc, d, dq_t)        # line 15: dQ_i += tau dS K_j ...
+                                dbias[wb, row + (c0 + c) * bs3] += ds[r, c]
+                    tile_matmul(do_t.T, p_drop, d_v, bc, br, dvt_t, True)   # line 12: dV_j^T += dO_i^T (P o Z)
+                    tile_matmul(q_t.T, ds, d, bc, br, dkt_t, True)   # line 16: dK_j^T += (tau Q_i)^T dS
+                    tile_matmul(ds, k_t, br, d, bc, dq_t, True)      # line 15: dQ_i += tau dS K_j ...
                     for r in range(br):                         # ... read-modify-write in HBM
                         for t in range(d):
                             dq[b, h, r0 + r, t] += scale * dq_t[r, t]
@@ -409,78 +277,6 @@ class FlashCache(NamedTuple):
     block_k: int                  # B_c of the backward
 
 
-KEY_GROUPS = 2                   # the backward's work items per (batch, head): key blocks j mod 2
-FORWARD_BLOCKS = (512, 128)      # (B_r, B_c) of the FA-2 forward: float32, d = 64, N = 8192, 2 cores,
-BACKWARD_BLOCKS = (64, 512)      # interleaved runs against (512, 64) / (256, 256) and (64, 256) / (128, 512)
-
-
-def _tile_dims(block_q: int, block_k: int, n_q: int, n_k: int) -> tuple[int, int]:
-    """The tile sizes the kernels allocate: a block longer than the sequence is the whole sequence, so
-    the result is identical and a short sequence does not pay for 512-row tiles."""
-    return min(block_q, n_q), min(block_k, n_k)
-
-
-def _n_workers(n_items: int) -> int:
-    return max(1, min(numba.get_num_threads(), n_items))
-
-
-def _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask,
-             dropout_seed, rng, block_q, block_k):
-    """Validate the options shared by both forwards; return the kernel arguments."""
-    q, k, v, scale, bias, key_padding_mask, dropout_p, dropout_mask = check_attention_args(
-        q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask)
-    n_q, n_k = q.shape[2], k.shape[2]
-    block_q = validate.positive_int(block_q, "block_q")
-    block_k = validate.positive_int(block_k, "block_k")
-    if key_padding_mask is not None:
-        kpm = np.ascontiguousarray(key_padding_mask)
-    else:
-        kpm = np.zeros((q.shape[0], n_k), dtype=np.bool_)                     # never read
-    if dropout_mask is not None:            # an explicit keep-mask (drop-in for the reference's option)
-        if dropout_seed is not None or rng is not None:
-            validate.fail("dropout_seed", "None when an explicit dropout_mask is given", repr(dropout_seed))
-        if dropout_p == 0.0:
-            validate.fail("dropout_p", "> 0 when a dropout_mask is given", dropout_p)
-    if dropout_seed is not None:
-        dropout_seed = validate.integer(dropout_seed, "dropout_seed")
-    elif rng is not None:
-        dropout_seed = int(validate.rng(rng).integers(0, 2 ** 63))
-    elif dropout_p > 0 and dropout_mask is None:
-        validate.fail("dropout_seed", "an int (or rng=Generator) when dropout_p > 0", "None")
-    else:
-        dropout_seed = 0
-    offset = (0 if causal_alignment == "top_left" else n_k - n_q) if causal else _NO_CAUSAL
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
-    return dict(dropout_mask=dropout_mask, q=q, k=k, v=v, scale=scale, offset=offset, bias=bias, kpm=kpm,
-                key_padding_mask=key_padding_mask, dropout_p=dropout_p, dropout_seed=dropout_seed,
-                block_q=block_q, block_k=block_k)
-
-
-def _flat(x, dtype):
-    """An array broadcastable to (B, H, Nq, Nk) as (contiguous 1-D data, element strides with 0 on
-    its broadcast axes): one kernel signature for every bias / mask shape, nothing expanded."""
-    if x is None:
-        return np.zeros(1, dtype), (np.int64(0),) * 4
-    x4 = np.ascontiguousarray(x.reshape((1,) * (4 - x.ndim) + x.shape))
-    strides, step = [np.int64(0)] * 4, 1
-    for ax in range(3, -1, -1):
-        strides[ax] = np.int64(step if x4.shape[ax] != 1 else 0)
-        step *= x4.shape[ax]
-    return x4.reshape(-1), tuple(strides)
-
-
-def _bias_args(dtype, bias):
-    flat, strides = _flat(bias, dtype)
-    return flat, strides, bias is not None
-
-
-def _dropout_args(dtype, dropout_p, dropout_seed, dropout_mask):
-    inv_keep = dtype.type(1.0 / (1.0 - dropout_p))
-    zmask, zst = _flat(dropout_mask, np.bool_)
-    return (_seed64(dropout_seed), _dropout_threshold(dropout_p), zmask, zst, dropout_mask is not None,
-            inv_keep, dropout_p > 0)
-
-
 def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
                             key_padding_mask=None, dropout_p=0.0, dropout_seed=None, rng=None,
                             block_q=None, block_k=None, dropout_mask=None):
@@ -494,63 +290,63 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
     scale: tau, default 1/sqrt(d). causal, causal_alignment ("top_left" | "bottom_right"),
     bias (broadcastable to (B, H, Nq, Nk), same dtype), key_padding_mask ((B, Nk) bool, True =
     padded): as ``attention.reference.attention_forward``. dropout_p with dropout_seed (int; or
-    rng, from which a seed is drawn): counter-based dropout, see the module docstring.
+    rng, from which a seed is drawn): counter-based dropout, see ``attention.dropout``.
     block_q, block_k: B_r and B_c, any positive ints (N need not be a multiple), used by this forward
     and by the backward of its cache; None (each independently) = each kernel's own default:
-    KEY_GROUPS = 2                   # the backward's work items per (batch, head): key blocks j mod 2
-FORWARD_BLOCKS = (512, 128) here (key-major tiles: the long axis is B_r) and BACKWARD_BLOCKS =
+    FORWARD_BLOCKS = (512, 128) here (key-major tiles: the long axis is B_r) and BACKWARD_BLOCKS =
     (64, 512) in the backward (its long axis is B_c). Per-worker tiles stay O(B_r B_c + (B_r + B_c) d).
     dropout_mask: optional explicit boolean keep-mask broadcastable to (B, H, Nq, Nk), used instead of
     the generator (a drop-in for the reference's option; it is an N x N input the caller made).
 
     Returns out (B, H, Nq, dv) in the input dtype and a FlashCache (cache.lse: (B, H, Nq)).
     """
-    a = _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask,
-                 dropout_seed, rng, FORWARD_BLOCKS[0] if block_q is None else block_q,
-                 FORWARD_BLOCKS[1] if block_k is None else block_k)
-    backward_blocks = (BACKWARD_BLOCKS[0] if block_q is None else a["block_q"],
-                       BACKWARD_BLOCKS[1] if block_k is None else a["block_k"])
-    q, k, v = a["q"], a["k"], a["v"]
+    bq = FORWARD_BLOCKS[0] if block_q is None else validate.positive_int(block_q, "block_q")
+    bk = FORWARD_BLOCKS[1] if block_k is None else validate.positive_int(block_k, "block_k")
+    o = flash_options(q, k, v, scale=scale, causal=causal, causal_alignment=causal_alignment, bias=bias,
+                      key_padding_mask=key_padding_mask, dropout_p=dropout_p, dropout_seed=dropout_seed, rng=rng,
+                      dropout_mask=dropout_mask)
+    q, k, v = o.q, o.k, o.v
     n_b, n_h, n_q, _ = q.shape
-    out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)
-    lse = np.empty((n_b, n_h, n_q), q.dtype)
-    drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["dropout_mask"])
-    n_items = n_b * n_h * -(-n_q // a["block_q"])
+    out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)                    # O  (B, H, Nq, dv)
+    lse = np.empty((n_b, n_h, n_q), q.dtype)                                # L  (B, H, Nq)
+    tiles = make_tiles(bq, bk, n_q, k.shape[2], n_workers(n_b * n_h * -(-n_q // bq)))
     with np.errstate(over="ignore"):   # splitmix64 wraps around uint64 on purpose (NUMBA_DISABLE_JIT=1)
-        _fa2_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
-                            a["kpm"], a["key_padding_mask"] is not None, *drop,
-                            *_tile_dims(a["block_q"], a["block_k"], n_q, k.shape[2]), _n_workers(n_items), out, lse)
-    cache = FlashCache(q=q, k=k, v=v, out=out, lse=lse, scale=a["scale"], offset=a["offset"], bias=a["bias"],
-                       key_padding_mask=a["key_padding_mask"], dropout_p=a["dropout_p"],
-                       dropout_seed=a["dropout_seed"], dropout_mask=a["dropout_mask"], block_q=backward_blocks[0],
-                       block_k=backward_blocks[1])
+        _fa2_forward_kernel(q, k, v, q.dtype.type(o.scale), o.masking, o.dropout, tiles, out, lse)
+    cache = FlashCache(q=q, k=k, v=v, out=out, lse=lse, scale=o.scale, offset=o.offset, bias=o.bias,
+                       key_padding_mask=o.key_padding_mask, dropout_p=o.dropout_p, dropout_seed=o.dropout_seed,
+                       dropout_mask=o.dropout_mask, block_q=BACKWARD_BLOCKS[0] if block_q is None else bq,
+                       block_k=BACKWARD_BLOCKS[1] if block_k is None else bk)
     return out, cache
 
 
-def flash_attention_fa1_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
-                                key_padding_mask=None, dropout_p=0.0, dropout_seed=None, rng=None,
-                                block_q=64, block_k=512, dropout_mask=None):
-    """FA-1 Algorithm 1 as printed (outer loop over K_j, V_j; inner over Q_i), with Algorithm 2's
-    scale, mask and dropout. Every inner step reads O_i, l_i, m_i from "HBM" (the output arrays),
-    updates them (line 12, normalised each time) and writes them back (line 13).
-
-    Same arguments as ``flash_attention_forward``. Returns (out (B, H, Nq, dv), ell (B, H, Nq),
-    m (B, H, Nq)): the paper's O, l, m (a row that sees no key has l = 0, m = -inf, O = 0).
-    For rows with l > 0, L = m + log(l) equals ``flash_attention_forward``'s cache.lse.
-    """
-    a = _prepare(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p, dropout_mask,
-                 dropout_seed, rng, block_q, block_k)
-    q, k, v = a["q"], a["k"], a["v"]
-    n_b, n_h, n_q, _ = q.shape
-    out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)
-    ell = np.empty((n_b, n_h, n_q), q.dtype)
-    m = np.empty((n_b, n_h, n_q), q.dtype)
-    drop = _dropout_args(q.dtype, a["dropout_p"], a["dropout_seed"], a["dropout_mask"])
-    with np.errstate(over="ignore"):
-        _fa1_forward_kernel(q, k, v, q.dtype.type(a["scale"]), a["offset"], *_bias_args(q.dtype, a["bias"]),
-                            a["kpm"], a["key_padding_mask"] is not None, *drop,
-                            *_tile_dims(a["block_q"], a["block_k"], n_q, k.shape[2]), out, ell, m)
-    return out, ell, m
+def _check_cache(cache):
+    """The cache must be flash_attention_forward's, with shapes that agree: the kernel indexes q, k, v, out and
+    lse by them (an lse shorter than Nq was read out of bounds). Returns (q, k, v, out, lse), contiguous."""
+    if not isinstance(cache, FlashCache):
+        validate.fail("cache", "the FlashCache returned by flash_attention_forward", type(cache).__name__)
+    q = validate.float_array(cache.q, "cache.q", ndim=4)
+    n_b, n_h, n_q, d = q.shape
+    k = validate.array(cache.k, "cache.k", shape=(n_b, n_h, None, d), dtype=q.dtype)
+    v = validate.array(cache.v, "cache.v", shape=(n_b, n_h, k.shape[2], None), dtype=q.dtype)
+    out = validate.array(cache.out, "cache.out", shape=(n_b, n_h, n_q, v.shape[3]), dtype=q.dtype)
+    lse = validate.array(cache.lse, "cache.lse", shape=(n_b, n_h, n_q), dtype=q.dtype)
+    if min(q.shape + k.shape + v.shape) < 1:
+        validate.fail("cache.q", "non-empty q, k, v", (q.shape, k.shape, v.shape))
+    target = (n_b, n_h, n_q, k.shape[2])
+    if cache.bias is not None:
+        validate.broadcastable(validate.array(cache.bias, "cache.bias", dtype=q.dtype), "cache.bias", target)
+    if cache.key_padding_mask is not None:
+        validate.bool_array(cache.key_padding_mask, "cache.key_padding_mask", shape=(n_b, k.shape[2]))
+    if cache.dropout_mask is not None:
+        validate.broadcastable(validate.bool_array(cache.dropout_mask, "cache.dropout_mask"), "cache.dropout_mask",
+                               target)
+    validate.positive(cache.scale, "cache.scale")
+    validate.probability(cache.dropout_p, "cache.dropout_p")
+    for name in ("offset", "dropout_seed"):
+        validate.integer(getattr(cache, name), "cache." + name)
+    for name in ("block_q", "block_k"):
+        validate.positive_int(getattr(cache, name), "cache." + name)
+    return tuple(np.ascontiguousarray(a) for a in (q, k, v, out, lse))
 
 
 def flash_attention_backward(dout, cache: FlashCache):
@@ -574,78 +370,29 @@ def flash_attention_backward(dout, cache: FlashCache):
     fixed by the shapes, so results do not depend on the number of threads). dbias is reduced to the
     bias's own shape; if the bias is broadcast over batch, heads or (with G > 1) keys, each worker
     accumulates into its own copy and the copies are summed at the end (memory: n_workers x the bias's
-    size). Returns (dq, dk, dv, dbias), dbias None when the forward had no bias.
+    size). The cache is checked (type, shapes) before anything is read. Returns (dq, dk, dv, dbias), dbias
+    None when the forward had no bias.
     """
-    if not isinstance(cache, FlashCache):
-        validate.fail("cache", "the FlashCache returned by flash_attention_forward", type(cache).__name__)
-    dout = validate.array(dout, "dout", shape=cache.out.shape, dtype=cache.out.dtype)
-    dout = np.ascontiguousarray(dout)
-    q, k, v = cache.q, cache.k, cache.v
+    q, k, v, out, lse = _check_cache(cache)
+    dout = np.ascontiguousarray(validate.array(dout, "dout", shape=out.shape, dtype=out.dtype))
     n_b, n_h, n_q, d = q.shape
     n_k = k.shape[2]
-    d_row = np.einsum("bhid,bhid->bhi", dout, cache.out)                  # line 4: D   (B, H, Nq)
-    block_q, block_k = _tile_dims(cache.block_q, cache.block_k, n_q, n_k)
-    n_groups = min(KEY_GROUPS, -(-n_k // block_k))
-    n_workers = _n_workers(n_b * n_h * n_groups)
-    has_bias = cache.bias is not None
-    bias_flat, bst, _ = _bias_args(q.dtype, cache.bias)
-    shape4 = (1, 1, 1, 1) if not has_bias else (1,) * (4 - cache.bias.ndim) + cache.bias.shape
-    per_worker = has_bias and ((shape4[0] == 1 and n_b > 1) or (shape4[1] == 1 and n_h > 1)
-                               or (shape4[3] == 1 and n_groups > 1))
-    dbias = np.zeros((n_workers if per_worker else 1, bias_flat.size), q.dtype)   # flat, like the bias
-    kpm = (np.ascontiguousarray(cache.key_padding_mask) if cache.key_padding_mask is not None
-           else np.zeros((n_b, n_k), dtype=np.bool_))
+    d_row = np.einsum("bhid,bhid->bhi", dout, out)                       # line 4: D   (B, H, Nq)
+    masking = make_masking(n_b, n_k, q.dtype, cache.offset, cache.bias, cache.key_padding_mask)
+    dropout = make_dropout(q.dtype, cache.dropout_p, cache.dropout_seed, cache.dropout_mask)
+    n_groups = min(KEY_GROUPS, -(-n_k // min(cache.block_k, n_k)))
+    tiles = make_tiles(cache.block_q, cache.block_k, n_q, n_k, n_workers(n_b * n_h * n_groups))
+    shape4 = (1, 1, 1, 1) if cache.bias is None else (1,) * (4 - cache.bias.ndim) + cache.bias.shape
+    per_worker = masking.has_bias and ((shape4[0] == 1 and n_b > 1) or (shape4[1] == 1 and n_h > 1)
+                                       or (shape4[3] == 1 and n_groups > 1))
+    dbias = np.zeros((tiles.n_workers if per_worker else 1, masking.bias.size), q.dtype)   # flat, like the bias
     dq_groups = np.zeros((n_groups,) + q.shape, q.dtype)                 # line 3: dQ = 0, per key group
     dk = np.empty_like(k)
     dv = np.empty_like(v)
-    drop = _dropout_args(q.dtype, cache.dropout_p, cache.dropout_seed, cache.dropout_mask)
     with np.errstate(over="ignore"):
-        _backward_kernel(q, k, v, dout, cache.lse, d_row, q.dtype.type(cache.scale), cache.offset, bias_flat,
-                         bst, has_bias, kpm, cache.key_padding_mask is not None, *drop,
-                         block_q, block_k, n_workers, dq_groups, dk, dv, dbias, per_worker)
+        _backward_kernel(q, k, v, dout, lse, d_row, q.dtype.type(cache.scale), masking, dropout, tiles, dq_groups,
+                         dk, dv, dbias)
     dq = dq_groups.sum(axis=0)
-    if has_bias:
-        dbias = (dbias[0] if dbias.shape[0] == 1 else dbias.sum(axis=0)).reshape(cache.bias.shape)
-    else:
-        dbias = None
-    return dq, dk, dv, dbias
-
-
-# ----------------------------------------------------------------------------------------------
-# Registry: float64 gradient checks of the flash pair itself (tiny tiles so every path is hit)
-
-def _inputs_flash(rng):
-    """Causal bottom-right, Nq != Nk, a per-head bias, one padded key, ragged 2 x 3 tiles."""
-    b, h, n_q, n_k, d = 2, 2, 4, 5, 3
-    pad = np.zeros((b, n_k), dtype=bool)
-    pad[1, 0] = True
-    return dict(q=rng.standard_normal((b, h, n_q, d)), k=rng.standard_normal((b, h, n_k, d)),
-                v=rng.standard_normal((b, h, n_k, 2)), bias=rng.standard_normal((h, 1, n_k)),
-                key_padding_mask=pad)
-
-
-def _forward_flash(q, k, v, bias, key_padding_mask):
-    return flash_attention_forward(q, k, v, causal=True, causal_alignment="bottom_right", bias=bias,
-                                   key_padding_mask=key_padding_mask, scale=0.7, block_q=2, block_k=3)
-
-
-def _inputs_flash_dropout(rng):
-    """Dropout with a fixed seed (the counter-based mask is a deterministic function of it), a full bias."""
-    b, h, n, d = 1, 2, 5, 3
-    return dict(q=rng.standard_normal((b, h, n, d)), k=rng.standard_normal((b, h, n, d)),
-                v=rng.standard_normal((b, h, n, d)), bias=rng.standard_normal((b, h, n, n)))
-
-
-def _forward_flash_dropout(q, k, v, bias):
-    return flash_attention_forward(q, k, v, causal=True, bias=bias, dropout_p=0.3, dropout_seed=7,
-                                   block_q=2, block_k=2)
-
-
-GRADCHECKS = [
-    Op(name="flash_attention", forward=_forward_flash, backward=flash_attention_backward,
-       make_inputs=_inputs_flash, covers=("scratch_transformers.attention.flash.flash_attention_backward",),
-       wrt=("q", "k", "v", "bias")),
-    Op(name="flash_attention_dropout", forward=_forward_flash_dropout, backward=flash_attention_backward,
-       make_inputs=_inputs_flash_dropout,
-       covers=("scratch_transformers.attention.flash.flash_attention_backward",), wrt=("q", "k", "v", "bias")),
-]
+    if not masking.has_bias:
+        return dq, dk, dv, None
+    return dq, dk, dv, (dbias[0] if dbias.shape[0] == 1 else dbias.sum(axis=0)).reshape(cache.bias.shape)

@@ -32,13 +32,13 @@ def scan_inputs(rng, *, softplus, with_options):
     return inputs
 
 
-def scan_forward(softplus, chunk):
+def scan_with(softplus, chunk):
     def forward(**inputs):
         return selective_scan_forward(**inputs, delta_softplus=softplus, chunk=chunk)
     return forward
 
 
-def scan_backward(names):
+def scan_grads(names):
     """selective_scan_backward's tuple as a dict of the inputs that were given."""
     def backward(dy, cache):
         grads = selective_scan_backward(dy, cache)
@@ -48,11 +48,11 @@ def scan_backward(names):
 
 GRADCHECKS = [
     Op(name="mamba.selective_scan(softplus, D, z, bias, h0)",
-       forward=scan_forward(True, 2), backward=scan_backward(ALL_INPUTS),
+       forward=scan_with(True, 2), backward=scan_grads(ALL_INPUTS),
        make_inputs=lambda rng: scan_inputs(rng, softplus=True, with_options=True),
        covers=("scratch_transformers.mamba.scan.selective_scan_backward",), wrt=ALL_INPUTS, tol=1e-6),
     Op(name="mamba.selective_scan(plain)",
-       forward=scan_forward(False, 64), backward=scan_backward(CORE_INPUTS),
+       forward=scan_with(False, 64), backward=scan_grads(CORE_INPUTS),
        make_inputs=lambda rng: scan_inputs(rng, softplus=False, with_options=False),
        covers=("scratch_transformers.mamba.scan.selective_scan_backward",), wrt=CORE_INPUTS, tol=1e-6),
 ]

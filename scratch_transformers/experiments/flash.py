@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..attention import io_model
-from ..attention.flash import (flash_attention_backward, flash_attention_fa1_forward, flash_attention_forward,
-                               flash_dropout_mask)
+from ..attention.dropout import flash_dropout_mask
+from ..attention.flash import flash_attention_backward, flash_attention_forward
+from ..attention.flash1 import flash_attention_fa1_forward
 from ..attention.reference import attention_backward, attention_forward
 from ..core import validate
 from ..core.measure import median_seconds, traced_peak

@@ -13,8 +13,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from scratch_transformers.attention.flash import (flash_attention_backward, flash_attention_fa1_forward,
-                                                  flash_attention_forward, flash_dropout_mask)
+from scratch_transformers.attention.dropout import flash_dropout_mask
+from scratch_transformers.attention.flash import flash_attention_backward, flash_attention_forward
+from scratch_transformers.attention.flash1 import flash_attention_fa1_forward
 from scratch_transformers.attention.reference import attention_backward, attention_forward
 from scratch_transformers.core.gradcheck import gradcheck
 
@@ -334,8 +335,9 @@ def test_runs_without_jit():
     still match the reference, dropout and bias included."""
     code = textwrap.dedent("""
         import numpy as np
-        from scratch_transformers.attention.flash import (flash_attention_forward, flash_attention_backward,
-                                                          flash_attention_fa1_forward, flash_dropout_mask)
+        from scratch_transformers.attention.dropout import flash_dropout_mask
+        from scratch_transformers.attention.flash import flash_attention_forward, flash_attention_backward
+        from scratch_transformers.attention.flash1 import flash_attention_fa1_forward
         from scratch_transformers.attention.reference import attention_forward, attention_backward
         rng = np.random.default_rng(0)
         q, k, v = (rng.standard_normal((1, 2, 7, 3)) for _ in range(3))

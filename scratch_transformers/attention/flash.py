@@ -32,8 +32,9 @@ agree with the materialised reference to ~1e-15).
 Masking (as in ``attention.reference``): causal ``top_left`` lets query i see key j iff j <= i,
 ``bottom_right`` iff j <= i + Nk - Nq; key blocks that lie entirely above the diagonal are skipped,
 not masked (FA-2 §3.1.1). ``key_padding_mask`` (B, Nk), True = padded key. A row that sees no key
-gets out = 0 and lse = -inf, and no NaN anywhere. A NaN (or inf) in q, k or v propagates as in the
-reference: the rows whose scores it reaches get out = NaN and lse = NaN, never a masked-looking 0.
+gets out = 0 and lse = -inf, and no NaN anywhere. A NaN in q, k or v propagates as in the reference:
+the rows whose scores it reaches get out = NaN and lse = NaN (an inf in q or k: out NaN, lse NaN where the
+reference's is +inf), never a masked-looking 0.
 The kernels take the options as three NamedTuples (``tiles.Masking``, ``dropout.Dropout``,
 ``tiles.Tiles``), so each call reads ``kernel(q, k, v, scale, masking, dropout, tiles, out, lse)``.
 The paper-literal FA-1 Algorithm 1 (outer loop over K_j, V_j) is ``attention.flash1``.

@@ -323,8 +323,7 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, causal_alignme
 def _check_cache(cache):
     """The cache must be flash_attention_forward's, with shapes that agree: the kernel indexes q, k, v, out and
     lse by them (an lse shorter than Nq was read out of bounds). Returns (q, k, v, out, lse), contiguous."""
-    if not isinstance(cache, FlashCache):
-        validate.fail("cache", "the FlashCache returned by flash_attention_forward", type(cache).__name__)
+    validate.cache(cache, FlashCache, "flash_attention_forward")
     q = validate.float_array(cache.q, "cache.q", ndim=4)
     n_b, n_h, n_q, d = q.shape
     k = validate.array(cache.k, "cache.k", shape=(n_b, n_h, None, d), dtype=q.dtype)

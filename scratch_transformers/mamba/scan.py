@@ -115,8 +115,7 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
     Returns ((out (b, L, D), h_last (b, D, N)), cache); out and h_last have the dtype of u.
     """
     u, delta, A, B, C, D, z, delta_bias, h0 = _check_inputs(u, delta, A, B, C, D, z, delta_bias, h0)
-    if not isinstance(delta_softplus, (bool, np.bool_)):
-        validate.fail("delta_softplus", "a bool", repr(delta_softplus))
+    delta_softplus = validate.flag(delta_softplus, "delta_softplus")
     nb, L, Dd = u.shape
     chunk = adaptive_chunk(L, Dd, nb) if chunk is None else validate.positive_int(chunk, "chunk")
     N = A.shape[1]
@@ -142,8 +141,7 @@ def selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, *
 def _check_cache(cache):
     """The cache must be selective_scan_forward's, with shapes that agree: the kernels index every array by them
     (a wrong chunk or a short checkpoint would read out of bounds or divide by zero). Returns (u, N)."""
-    if not isinstance(cache, ScanCache):
-        validate.fail("cache", "the ScanCache returned by selective_scan_forward", type(cache).__name__)
+    validate.cache(cache, ScanCache, "selective_scan_forward")
     u = validate.float_array(cache.u, "cache.u", ndim=3)
     nb, L, Dd = u.shape
     chunk = validate.positive_int(cache.chunk, "cache.chunk")
@@ -153,8 +151,7 @@ def _check_cache(cache):
     shapes = dict(delta=u.shape, bias=(Dd,), B=(nb, L, N), C=(nb, L, N), D=(Dd,), ckpt=(nb, -(-L // chunk), N, Dd))
     for name, shape in shapes.items():
         validate.array(getattr(cache, name), "cache." + name, shape=shape, dtype=u.dtype)
-    if not isinstance(cache.delta_softplus, (bool, np.bool_)):
-        validate.fail("cache.delta_softplus", "a bool", repr(cache.delta_softplus))
+    validate.flag(cache.delta_softplus, "cache.delta_softplus")
     has = cache.has
     if not (isinstance(has, tuple) and len(has) == 4 and all(isinstance(x, (bool, np.bool_)) for x in has)
             and has[1] == (cache.z is not None)):

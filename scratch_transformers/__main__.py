@@ -45,17 +45,52 @@ def available_benchmarks() -> list[str]:
     return sorted(p.stem[len("bench_"):] for p in BENCH_DIR.glob("bench_*.py"))
 
 
+def writable_folder(out_dir: Path) -> str | None:
+    """None if ``out_dir`` exists or can be created and a file can be written in it, else the reason.
+    Checked before anything is trained, so a bad --out fails in a second, not after the whole tour."""
+    import tempfile
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    return None
+
+
+def prepare(out_dir: Path) -> float | None:
+    """The checks and warm-up every training command does first: the output folder must be writable
+    (returns None after printing why not), then every numba kernel is compiled or loaded (returns seconds)."""
+    from .experiments.warmup import warm_up
+
+    problem = writable_folder(out_dir)
+    if problem is not None:
+        print(f"error: --out {out_dir}: cannot write there ({problem}); nothing was run", file=sys.stderr)
+        return None
+    print("Preparing the numba kernels: the first run compiles them (about 1-2 minutes on 2 cores, once; the "
+          "machine code is cached on disk), later runs only load them (a few seconds). This is timed apart: "
+          "no reported training time includes it.", flush=True)
+    seconds = warm_up()
+    print(f"numba kernels ready in {seconds:.1f} s", flush=True)
+    return seconds
+
+
 def run_experiment(name: str, size: str, seed: int, out_dir: Path):
     module = importlib.import_module(f"scratch_transformers.experiments.{name}")
     rng = np.random.default_rng(seed)
     return module.run(size=size, rng=rng, out_dir=Path(out_dir) / name)
 
 
-def write_report(results, out_dir: Path, size: str, seed: int, elapsed: dict, failures: dict) -> Path:
+def write_report(results, out_dir: Path, size: str, seed: int, elapsed: dict, failures: dict,
+                 warm_seconds: float | None = None) -> Path:
     """report.md: the summary table, then each experiment's summary with its figures."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# scratch_transformers tour (size={size}, seed={seed})", "",
              "| experiment | seconds | status |", "|---|---|---|"]
+    if warm_seconds is not None:
+        lines.append(f"| (numba kernels: compiled on a first run, loaded afterwards) | {warm_seconds:.1f} | ok |")
     for name in elapsed:
         status = "FAILED: " + failures[name].splitlines()[-1] if name in failures else "ok"
         lines.append(f"| {name} | {elapsed[name]:.1f} | {status} |")
@@ -74,10 +109,13 @@ def cmd_tour(args) -> int:
     missing = [n for n in TOUR if n not in names]
     if missing:
         print(f"note: experiments not present in this build: {', '.join(missing)}")
-    results, elapsed, failures = [], {}, {}
+    warm = prepare(Path(args.out))
+    if warm is None:
+        return 2
+    results, elapsed, cpu, failures = [], {}, {}, {}
     for i, name in enumerate(names):
         print(f"\n=== [{i + 1}/{len(names)}] {name} ===", flush=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             res = run_experiment(name, args.size, args.seed, args.out)
             results.append(res)
@@ -86,17 +124,24 @@ def cmd_tour(args) -> int:
             failures[name] = traceback.format_exc()
             print(failures[name], file=sys.stderr)
         elapsed[name] = time.perf_counter() - t0
-    report = write_report(results, Path(args.out), args.size, args.seed, elapsed, failures)
+        cpu[name] = time.process_time() - c0
+    report = write_report(results, Path(args.out), args.size, args.seed, elapsed, failures, warm)
     print("\n=== summary ===")
+    print(f"{'':<12} {'wall':>9} {'CPU':>9}   (CPU: all threads of this process; on a shared machine the wall "
+          "time also counts waiting for a core)")
+    print(f"{'numba':<12} {warm:7.1f} s {'':>9}   compiled on a first run, loaded from the cache afterwards")
     for name, sec in elapsed.items():
-        print(f"{name:<12} {sec:7.1f} s  {'FAILED' if name in failures else 'ok'}")
-    print(f"total        {sum(elapsed.values()):7.1f} s\nreport: {report}")
+        print(f"{name:<12} {sec:7.1f} s {cpu[name]:7.1f} s   {'FAILED' if name in failures else 'ok'}")
+    print(f"experiments  {sum(elapsed.values()):7.1f} s\ntotal        {warm + sum(elapsed.values()):7.1f} s"
+          f"\nreport: {report}")
     return 1 if failures else 0
 
 
 def cmd_experiment(args) -> int:
     if args.name not in available_experiments():
         print(f"unknown experiment {args.name!r}; available: {', '.join(available_experiments())}", file=sys.stderr)
+        return 2
+    if prepare(Path(args.out)) is None:
         return 2
     res = run_experiment(args.name, args.size, args.seed, args.out)
     print(res.summary.strip())

@@ -41,3 +41,47 @@ def test_unknown_names_fail_with_the_list(capsys):
 def test_bad_size_is_rejected():
     with pytest.raises(SystemExit):
         main(["experiment", "baseline", "--size", "huge"])
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/sub"])
+def test_unwritable_out_fails_before_training(tmp_path, monkeypatch, capsys, where):
+    """tour/experiment with an --out that cannot be written stop at once (exit 2), before any kernel
+    is compiled or any experiment trained. (Root ignores permission bits, so the folder is under a file.)"""
+    import scratch_transformers.__main__ as cli
+    import scratch_transformers.experiments.warmup as warmup
+
+    (tmp_path / "a_file").write_text("not a folder")
+
+    def must_not_run(*a, **k):
+        raise AssertionError("ran although --out is not writable")
+    monkeypatch.setattr(cli, "run_experiment", must_not_run)
+    monkeypatch.setattr(warmup, "warm_up", must_not_run)
+    assert main(["tour", "--out", str(tmp_path / where)]) == 2
+    assert "cannot write there" in capsys.readouterr().err
+    assert main(["experiment", "baseline", "--out", str(tmp_path / where)]) == 2
+
+
+def test_writable_folder_is_created_and_leaves_nothing(tmp_path):
+    from scratch_transformers.__main__ import writable_folder
+
+    out = tmp_path / "new" / "out"
+    assert writable_folder(out) is None
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_figures_are_written_readable_like_report(tmp_path):
+    """savefig goes through a private temp file (mkstemp: 0600); the figure ends 0666 minus the umask."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    from scratch_transformers.experiments.common import savefig
+
+    umask = os.umask(0o022)
+    try:
+        fig, ax = plt.subplots()
+        path = savefig(fig, tmp_path, "f.png")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]           # no temp file left

@@ -223,25 +223,33 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     # 5. figures -------------------------------------------------------------------------------------
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     ax = axes[0]
-    for kind, marker in (("LoRA", "o-"), ("rsLoRA", "s--"), ("LoRA all-linear", "D:")):
+    # rank labels: LoRA above its points, rsLoRA below (it shares LoRA's parameter counts), all-linear to the right
+    offsets = {"LoRA": (0, 7, "center", "bottom"), "rsLoRA": (0, -8, "center", "top"),
+               "LoRA all-linear": (7, 0, "left", "center")}
+    for kind, marker, colour in (("LoRA", "o-", "C0"), ("rsLoRA", "s--", "C1"), ("LoRA all-linear", "D:", "C2")):
         ranks = [r for r in RANKS if f"{kind} r={r}" in results]
         pts = [(results[f"{kind} r={r}"]["params"], results[f"{kind} r={r}"]["val"]) for r in ranks]
         if pts:
             where = "attn + MLP" if "all" in kind else "W_q, W_v"
-            ax.plot(*zip(*pts), marker, label=f"{kind} ({where}), r = " + ", ".join(map(str, ranks)))
+            ax.plot(*zip(*pts), marker, color=colour, label=f"{kind} ({where}), r = " + ", ".join(map(str, ranks)))
+            dx, dy, ha, va = offsets[kind]
             for (p, v), r in zip(pts, ranks):
-                ax.annotate(f"r={r}", (p, v), textcoords="offset points", xytext=(3, 4), fontsize=7)
-    for label, m in (("head only", "^"), ("full fine-tuning", "*")):
-        ax.plot(results[label]["params"], results[label]["val"], m, ms=11, label=label)
+                ax.annotate(f"r={r}", (p, v), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=7,
+                            color=colour)
+    for label, m, colour in (("head only", "^", "C3"), ("full fine-tuning", "*", "C4")):
+        ax.plot(results[label]["params"], results[label]["val"], m, color=colour, ms=11, label=label)
     ax.axhline(base_prose_loss, color="k", ls=":", lw=1, label=f"no adaptation ({base_prose_loss:.3f})")
     ax.set(xscale="log", xlabel="trainable parameters", ylabel="validation loss on prose (nats/byte)",
            title=f"adaptation after {n_steps} steps (base: {n_total:,} params)")
     ax.legend(fontsize=7)
     ax = axes[1]
     w = max(1, n_steps // 10)
+    blues = plt.get_cmap("Blues")                                  # LoRA (C0's family): darker = larger r
+    colours = {f"LoRA r={r}": blues(0.35 + 0.65 * i / max(len(RANKS) - 1, 1)) for i, r in enumerate(RANKS)}
+    colours.update({"head only": "C3", "full fine-tuning": "C4"})     # as in the left panel
     for label in [f"LoRA r={r}" for r in RANKS] + ["head only", "full fine-tuning"]:
         curve = np.convolve(results[label]["curve"], np.ones(w) / w, mode="valid")
-        ax.plot(np.arange(w, n_steps + 1), curve, lw=0.9, label=label)
+        ax.plot(np.arange(w, n_steps + 1), curve, lw=0.9, color=colours[label], label=label)
     ax.set(xlabel="adaptation step", ylabel=f"train loss, mean of last {w} steps (nats/byte)",
            title="training curves (same batches for all)")
     ax.legend(fontsize=7)

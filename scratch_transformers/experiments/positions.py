@@ -46,6 +46,12 @@ TRAINED = ("sinusoidal", "learned", "rope", "alibi")
 BASES_FT = (500.0, 1e6)                   # 2310.05209: a small and a large base, fine-tuned at L
 CURVES = ("sinusoidal", "learned", "rope", "rope+PI (no FT)", "rope+PI (FT)", "rope+NTK (no FT)",
           "rope base 500 (FT)", "rope base 1e+06 (FT)", "alibi", "alibi+PI slopes (no FT)")
+# one marker / line style per curve, and one colour per curve (tab20 has 20 distinct ones; C0..C9 would repeat)
+METHOD_MARKERS = {"sinusoidal": ("o", "-"), "learned": ("s", "-"), "rope": ("^", "-"), "rope+PI (no FT)": ("v", ":"),
+                  "rope+PI (FT)": ("D", "-"), "rope+NTK (no FT)": ("P", "--"), "rope base 500 (FT)": ("<", "-."),
+                  "rope base 1e+06 (FT)": (">", "-."), "alibi": ("o", "-"), "alibi+PI slopes (no FT)": ("x", "--")}
+METHOD_COLOURS = ["#1f77b4", "#7f7f7f", "#ff7f0e", "#bcbd22", "#d62728", "#8c564b", "#9467bd", "#17becf",
+                  "#2ca02c", "#e377c2", "#000000", "#aec7e8"]
 
 
 def _config(cfg, positions: str, max_len: int) -> tf.TransformerConfig:
@@ -130,11 +136,7 @@ def plot_curves(loss: dict, tail: dict, lengths: list, L: int, cfg: dict, out_di
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    styles = {"sinusoidal": ("C0", "o", "-"), "learned": ("C7", "s", "-"), "rope": ("C1", "^", "-"),
-              "rope+PI (no FT)": ("C1", "v", ":"), "rope+PI (FT)": ("C3", "D", "-"),
-              "rope+NTK (no FT)": ("C5", "P", "--"), "rope base 500 (FT)": ("C4", "<", "-."),
-              "rope base 1e+06 (FT)": ("C9", ">", "-."), "alibi": ("C2", "o", "-"),
-              "alibi+PI slopes (no FT)": ("C2", "x", "--")}
+    styles = {m: (METHOD_COLOURS[i], mk, ls) for i, (m, (mk, ls)) in enumerate(METHOD_MARKERS.items())}
     for ax, values, title in ((axes[0], loss, "all tokens of each window"),
                               (axes[1], tail, f"only tokens at positions >= L = {L}")):
         for method in CURVES:
@@ -143,7 +145,7 @@ def plot_curves(loss: dict, tail: dict, lengths: list, L: int, cfg: dict, out_di
                 continue
             c, mk, ls = styles[method]
             ax.plot(xs, [values[method][n] for n in xs], ls, color=c, marker=mk, label=method, lw=1.3, ms=5)
-        ax.axvline(L, color="k", lw=0.8, ls=":")
+        ax.axvline(L, color="k", lw=0.8, ls=":", label=f"training length L = {L}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths)
         ax.set_xticklabels([str(n) for n in lengths])
@@ -151,7 +153,7 @@ def plot_curves(loss: dict, tail: dict, lengths: list, L: int, cfg: dict, out_di
     every = [v for vals in (loss, tail) for m in vals for v in vals[m].values() if np.isfinite(v)]
     for ax in axes:                                                      # clip only runaway blow-ups
         ax.set_ylim(min(every) - 0.05, min(max(every), min(every) + 2.5) + 0.05)
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, labels = axes[0].get_legend_handles_labels()           # every method is in the left panel
     fig.suptitle(f"Byte LMs trained at L={L} ({cfg['steps']} steps, d={cfg['d_model']}, "
                  f"{cfg['n_layers']} layers), evaluated at 1x..{max(cfg['mults']):g}x", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
@@ -236,8 +238,9 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
                      (1e6, "d=128, base 1e6")):
         ax.plot(r, rope_decay_bound(r, 128, b), lw=1, label=label)
     ax.plot(r, rope_decay_bound(r, head_dim, 10000.0), lw=1, label=f"d={head_dim} (this model), base 1e4")
-    ax.axvline(L, color="k", lw=0.8, ls=":")
-    ax.set(xlabel="relative distance |m - n|", ylabel="relative upper bound", title="RoPE long-term decay (eq. 37)")
+    ax.axvline(L, color="k", lw=0.8, ls=":", label=f"training length L = {L} of the experiment's models")
+    ax.set(xlabel="relative distance |m - n| (tokens)", ylabel="relative upper bound",
+           title="RoPE long-term decay (eq. 37)")
     ax.legend(fontsize=7)
     fig2.tight_layout()
     decay_path = savefig(fig2, out_dir, "positions_rope_decay.png")

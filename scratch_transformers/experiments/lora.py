@@ -239,6 +239,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     for label, m, colour in (("head only", "^", "C3"), ("full fine-tuning", "*", "C4")):
         ax.plot(results[label]["params"], results[label]["val"], m, color=colour, ms=11, label=label)
     ax.axhline(base_prose_loss, color="k", ls=":", lw=1, label=f"no adaptation ({base_prose_loss:.3f})")
+    ax.margins(x=0.08, y=0.1)                                       # room for the rank labels
     ax.set(xscale="log", xlabel="trainable parameters", ylabel="validation loss on prose (nats/byte)",
            title=f"adaptation after {n_steps} steps (base: {n_total:,} params)")
     ax.legend(fontsize=7)

@@ -420,4 +420,10 @@ def test_experiment_quick_runs_and_reports(tmp_path):
     assert res.metrics["max_rel_error_float64"] < 1e-12
     assert res.metrics["memory_ratio_ref_over_flash_largest_n"] > 4          # N = 1024: measured ~12x
     assert abs(res.metrics["causal_tile_fraction_n4096"] - 2080 / 4096) < 1e-12
+    from scratch_transformers.attention import io_model as io
+    std = io.standard_hbm_accesses(1024, 64)["total"] + io.standard_backward_hbm_accesses(1024, 64)["total"]
+    fa1 = (io.flash_hbm_accesses(1024, 64, 100_000)["total"]
+           + io.flash_backward_hbm_accesses(1024, 64, 100_000)["total"])
+    assert res.metrics["hbm_ratio_fwd_bwd_standard_over_fa1_m100k"] == std / fa1
+    assert "forward + backward" in res.summary and "9.2x" in res.summary
     assert "| N |" in res.summary

@@ -60,7 +60,7 @@ def writable_folder(out_dir: Path) -> str | None:
     return None
 
 
-def prepare(out_dir: Path) -> float | None:
+def prepare(out_dir: Path, names=None) -> float | None:
     """The checks and warm-up every training command does first: the output folder must be writable
     (returns None after printing why not), then every numba kernel is compiled or loaded (returns seconds)."""
     from .experiments.warmup import warm_up
@@ -69,10 +69,14 @@ def prepare(out_dir: Path) -> float | None:
     if problem is not None:
         print(f"error: --out {out_dir}: cannot write there ({problem}); nothing was run", file=sys.stderr)
         return None
+    from .experiments.warmup import stages
+
+    if not stages(available_experiments() if names is None else names):
+        return 0.0
     print("Preparing the numba kernels: the first run compiles them (about 1-2 minutes on 2 cores, once; the "
           "machine code is cached on disk), later runs only load them (a few seconds). This is timed apart: "
           "no reported training time includes it.", flush=True)
-    seconds = warm_up()
+    seconds = warm_up(names)
     print(f"numba kernels ready in {seconds:.1f} s", flush=True)
     return seconds
 
@@ -109,7 +113,7 @@ def cmd_tour(args) -> int:
     missing = [n for n in TOUR if n not in names]
     if missing:
         print(f"note: experiments not present in this build: {', '.join(missing)}")
-    warm = prepare(Path(args.out))
+    warm = prepare(Path(args.out), names)
     if warm is None:
         return 2
     results, elapsed, cpu, failures = [], {}, {}, {}
@@ -141,7 +145,7 @@ def cmd_experiment(args) -> int:
     if args.name not in available_experiments():
         print(f"unknown experiment {args.name!r}; available: {', '.join(available_experiments())}", file=sys.stderr)
         return 2
-    if prepare(Path(args.out)) is None:
+    if prepare(Path(args.out), [args.name]) is None:
         return 2
     res = run_experiment(args.name, args.size, args.seed, args.out)
     print(res.summary.strip())

@@ -43,13 +43,36 @@ def _mamba():
             mm.loss_and_grads(params, config, tokens, tokens)
 
 
-STAGES = (("flash attention kernels", _flash), ("selective scan kernels", _mamba))
+BUILTIN = {"flash": _flash, "mamba": _mamba}
 
 
-def warm_up(progress: bool = True) -> float:
-    """Run every stage once; returns the seconds it took (tens of seconds on a first run, ~1-3 s once cached)."""
+def stages(names) -> list:
+    """(name, function) for each experiment in ``names`` that has numba kernels to prepare: the two above, or
+    a module-level ``warm_up()`` that an experiment module defines itself (tiny calls with the argument types
+    its run uses)."""
+    import importlib
+
+    out = []
+    for name in names:
+        if name in BUILTIN:
+            out.append((name, BUILTIN[name]))
+            continue
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ImportError:
+            continue
+        if callable(getattr(module, "warm_up", None)):
+            out.append((name, module.warm_up))
+    return out
+
+
+def warm_up(names=None, progress: bool = True) -> float:
+    """Prepare the kernels of the experiments ``names`` (default: the tour); returns the seconds it took
+    (a minute or two on a first run on 2 cores, a few seconds once cached)."""
+    from . import TOUR
+
     t0 = time.perf_counter()
-    for _, fn in tqdm(STAGES, desc="numba kernels (compiled on the first run, then cached)", unit="group",
-                      disable=not progress):
+    for _, fn in tqdm(stages(TOUR if names is None else names), desc="numba kernels (compiled on the first run, "
+                      "then cached)", unit="experiment", disable=not progress):
         fn()
     return time.perf_counter() - t0

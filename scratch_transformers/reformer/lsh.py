@@ -81,7 +81,9 @@ def lsh_hash(x, rotations) -> np.ndarray:
     rotations = validate.float_array(rotations, "rotations", ndim=3, shape=(x.shape[-1], None, None), finite=True)
     if rotations.shape[1] < 1 or rotations.shape[2] < 1:
         validate.fail("rotations", "shape (d, n_hashes >= 1, n_buckets/2 >= 1)", rotations.shape)
-    u = np.einsum("...nd,dhb->...hnb", x, rotations.astype(x.dtype, copy=False))   # (..., R, N, nb/2)
+    d, n_hashes, half = rotations.shape
+    u = x @ rotations.astype(x.dtype, copy=False).reshape(d, n_hashes * half)      # (..., N, R nb/2)
+    u = np.moveaxis(u.reshape(x.shape[:-1] + (n_hashes, half)), -2, -3)           # (..., R, N, nb/2)
     return np.argmax(np.concatenate([u, -u], axis=-1), axis=-1).astype(np.int64)   # (..., R, N)
 
 
@@ -102,9 +104,9 @@ class LSHCache(NamedTuple):
 
 def _chunked_gather(x, tok, n_chunks, m):
     """Gather rows of x (B, H, N_pad, c) in sorted order and cut into chunks: (B, H, n_chunks, m, c)."""
-    b, h = x.shape[:2]
-    g = np.take_along_axis(x, tok[..., None], axis=2)                  # (B, H, R N_pad, c)
-    return g.reshape(b, h, n_chunks, m, x.shape[-1])
+    b, h, n_pad, c = x.shape
+    rows = tok + (np.arange(b * h) * n_pad).reshape(b, h, 1)           # row index into x viewed (B H N_pad, c)
+    return x.reshape(b * h * n_pad, c)[rows].reshape(b, h, n_chunks, m, c)
 
 
 def _look_one_back(x):
@@ -116,6 +118,12 @@ def _look_one_back(x):
 def _fold_look_one_back(g, m):
     """Adjoint of _look_one_back: (B, H, n_chunks, 2m, c) -> (B, H, n_chunks, m, c)."""
     return g[:, :, :, :m] + np.roll(g[:, :, :, m:], -1, axis=2)
+
+
+def _t(x):
+    """Contiguous transpose of the last two axes. NumPy's stacked matmul takes a slow non-BLAS loop when
+    an operand of a stack is a transposed view (measured 90x slower in float32 for 64 x 128 chunks)."""
+    return np.ascontiguousarray(x.swapaxes(-1, -2))
 
 
 def _unsort(x_sorted, undo, n_hashes):
@@ -181,8 +189,8 @@ def lsh_attention_forward(qk, v, rotations, *, bucket_size, causal=False, scale=
     # Pad to a multiple of 2m; padding tokens get bucket n_buckets (sorted after the real ones).
     n_pad = -(-n // (2 * m)) * (2 * m)
     extra = n_pad - n
-    qk_p = np.pad(qk, ((0, 0), (0, 0), (0, extra), (0, 0)))            # (B, H, N_pad, d)
-    v_p = np.pad(v, ((0, 0), (0, 0), (0, extra), (0, 0)))              # (B, H, N_pad, dv)
+    qk_p = np.pad(qk, ((0, 0), (0, 0), (0, extra), (0, 0))) if extra else qk     # (B, H, N_pad, d)
+    v_p = np.pad(v, ((0, 0), (0, 0), (0, extra), (0, 0))) if extra else v        # (B, H, N_pad, dv)
     buckets = np.pad(buckets, ((0, 0), (0, 0), (0, 0), (0, extra)), constant_values=n_buckets)
 
     # Sort by (round, bucket, position): one stable argsort of the integer key   (§2, Fig. 2c)
@@ -203,9 +211,9 @@ def lsh_attention_forward(qk, v, rotations, *, bucket_size, causal=False, scale=
     kpos = _look_one_back(qpos[..., None])[..., 0]                     # (B, H, C, 2m)
 
     # Logits with the masks of eq. (16)
-    s = dt.type(scale) * (sq @ kk.swapaxes(-1, -2))                    # (B, H, C, m, 2m)
+    s = dt.type(scale) * (sq @ _t(kk))                                 # (B, H, C, m, 2m)
     same = qpos[..., :, None] == kpos[..., None, :]
-    s = s - np.where(same, dt.type(self_penalty), dt.type(0))          # m_ii = 10^5
+    np.subtract(s, dt.type(self_penalty), out=s, where=same)          # m_ii = 10^5
     if dedup:
         s = s - np.log(_duplicate_counts(kpos, perm, undo, n_hashes, n_chunks, m)).astype(dt)   # log N_ij
     visible = (kpos[..., None, :] < n) | (qpos[..., :, None] >= n)     # real queries skip padding keys
@@ -272,7 +280,7 @@ def lsh_attention_backward(dout, cache: LSHCache):
     dt = cache.qk.dtype
     tok = cache.perm % n_pad
     n_chunks = r * n_pad // m
-    do_p = np.pad(dout, ((0, 0), (0, 0), (0, n_pad - n), (0, 0)))
+    do_p = np.pad(dout, ((0, 0), (0, 0), (0, n_pad - n), (0, 0))) if n_pad > n else dout
     k_hat = cache.qk / cache.norm
     sq = _chunked_gather(cache.qk, tok, n_chunks, m)                   # (B, H, C, m, d)
     kk = _look_one_back(_chunked_gather(k_hat, tok, n_chunks, m))      # (B, H, C, 2m, d)
@@ -281,12 +289,12 @@ def lsh_attention_backward(dout, cache: LSHCache):
     o_s = _chunked_gather(cache.out, tok, n_chunks, m)                 # (B, H, C, m, dv) final o_i
 
     a = _round_weighted_p(cache)                                       # (B, H, C, m, 2m)
-    dvv = a.swapaxes(-1, -2) @ do_s                                    # (B, H, C, 2m, dv)
-    dp = do_s @ vv.swapaxes(-1, -2)                                    # (B, H, C, m, 2m)
+    dvv = _t(a) @ do_s                                                 # (B, H, C, 2m, dv)
+    dp = do_s @ _t(vv)                                                 # (B, H, C, m, 2m)
     d_row = np.sum(do_s * o_s, axis=-1, keepdims=True)                 # (B, H, C, m, 1)
     ds = a * (dp - d_row)
     dsq = dt.type(cache.scale) * (ds @ kk)                             # (B, H, C, m, d)
-    dkk = dt.type(cache.scale) * (ds.swapaxes(-1, -2) @ sq)            # (B, H, C, 2m, d)
+    dkk = dt.type(cache.scale) * (_t(ds) @ sq)                         # (B, H, C, 2m, d)
 
     def to_tokens(g_sorted):                                           # (B, H, C, m, c) -> (B, H, N_pad, c)
         return _unsort(g_sorted.reshape(b, h, n_chunks * m, -1), cache.undo, r).sum(axis=2)

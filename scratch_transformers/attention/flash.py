@@ -62,7 +62,7 @@ from numba import njit, prange
 
 from ..core import validate
 from ..core.vexp import exp_buffer
-from .dropout import flash_dropout_mask, kept, make_dropout  # noqa: F401  (flash_dropout_mask: importable here too)
+from .dropout import kept, make_dropout
 from .flash_options import flash_options, n_workers
 from .tiles import make_masking, make_tiles, mask_tile, mask_tile_t, tile_matmul
 

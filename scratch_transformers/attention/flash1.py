@@ -94,28 +94,25 @@ def _fa1_forward_kernel(q, k, v, scale, masking, dropout, tiles, out, ell, m_hbm
                     m_hbm[b, h, i] = m_new
 
 
-def flash_attention_fa1_forward(q, k, v, *, scale=None, causal=False, causal_alignment="top_left", bias=None,
-                                key_padding_mask=None, dropout_p=0.0, dropout_seed=None, rng=None,
-                                block_q=64, block_k=512, dropout_mask=None):
+def flash_attention_fa1_forward(q, k, v, *, block_q=64, block_k=512, **options):
     """FA-1 Algorithm 1 as printed (outer loop over K_j, V_j; inner over Q_i), with Algorithm 2's
     scale, mask and dropout. Every inner step reads O_i, l_i, m_i from "HBM" (the output arrays),
     updates them (line 12, normalised each time) and writes them back (line 13).
 
-    Same arguments as ``attention.flash.flash_attention_forward``. Returns (out (B, H, Nq, dv), ell (B, H, Nq),
-    m (B, H, Nq)): the paper's O, l, m (a row that sees no key has l = 0, m = -inf, O = 0).
-    For rows with l > 0, L = m + log(l) equals ``flash_attention_forward``'s cache.lse.
+    options: those of ``attention.flash.flash_attention_forward`` (scale, causal, causal_alignment, bias,
+    key_padding_mask, dropout_p, dropout_seed, rng, dropout_mask; validated by ``flash_options``).
+    Returns (out (B, H, Nq, dv), ell (B, H, Nq), m (B, H, Nq)): the paper's O, l, m (a row that sees no key
+    has l = 0, m = -inf, O = 0). For rows with l > 0, L = m + log(l) equals ``flash_attention_forward``'s
+    cache.lse.
     """
     block_q = validate.positive_int(block_q, "block_q")
     block_k = validate.positive_int(block_k, "block_k")
-    o = flash_options(q, k, v, scale=scale, causal=causal, causal_alignment=causal_alignment, bias=bias,
-                      key_padding_mask=key_padding_mask, dropout_p=dropout_p, dropout_seed=dropout_seed, rng=rng,
-                      dropout_mask=dropout_mask)
-    q, k, v = o.q, o.k, o.v
-    n_b, n_h, n_q, _ = q.shape
-    out = np.empty((n_b, n_h, n_q, v.shape[3]), q.dtype)                    # O  (B, H, Nq, dv)
-    ell = np.empty((n_b, n_h, n_q), q.dtype)                                # l  (B, H, Nq)
-    m = np.empty((n_b, n_h, n_q), q.dtype)                                  # m  (B, H, Nq)
-    tiles = make_tiles(block_q, block_k, n_q, k.shape[2], n_b * n_h)        # FA-1: a worker per (batch, head)
+    o = flash_options(q, k, v, **options)
+    n_b, n_h, n_q, _ = o.q.shape
+    out = np.empty((n_b, n_h, n_q, o.v.shape[3]), o.q.dtype)                # O  (B, H, Nq, dv)
+    ell = np.empty((n_b, n_h, n_q), o.q.dtype)                              # l  (B, H, Nq)
+    m = np.empty((n_b, n_h, n_q), o.q.dtype)                                # m  (B, H, Nq)
+    tiles = make_tiles(block_q, block_k, n_q, o.k.shape[2], n_b * n_h)      # FA-1: a worker per (batch, head)
     with np.errstate(over="ignore"):   # splitmix64 wraps around uint64 on purpose (NUMBA_DISABLE_JIT=1)
-        _fa1_forward_kernel(q, k, v, q.dtype.type(o.scale), o.masking, o.dropout, tiles, out, ell, m)
+        _fa1_forward_kernel(o.q, o.k, o.v, o.q.dtype.type(o.scale), o.masking, o.dropout, tiles, out, ell, m)
     return out, ell, m

@@ -145,7 +145,7 @@ def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="to
     applied after the softmax as P * mask / (1 - dropout_p) (FA-1 Alg. 2 line 14); the row
     statistics (lse) come from the undropped P. dropout_p > 0 needs an explicit dropout_mask, or a
     dropout_seed: then the mask is the counter-based keep-mask that ``attention.flash`` applies with
-    that seed (``flash_dropout_mask``), materialised here, so both cores compute the same function.
+    that seed (``attention.dropout.flash_dropout_mask``), materialised here, so both cores compute the same function.
 
     Returns out (B, H, Nq, dv) in the input dtype and an AttentionCache (with lse (B, H, Nq)).
     """
@@ -159,7 +159,7 @@ def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="to
             validate.fail("dropout_seed", "None when an explicit dropout_mask is given", repr(dropout_seed))
         dropout_seed = validate.integer(dropout_seed, "dropout_seed")
         if dropout_p > 0:
-            from .flash import flash_dropout_mask    # the counter-based generator (lazy: numba kernels)
+            from .dropout import flash_dropout_mask  # the counter-based generator (lazy: numba kernels)
             dropout_mask = flash_dropout_mask(dropout_seed, target, dropout_p)
     if dropout_mask is None and dropout_p > 0:
         validate.fail("dropout_mask", "an explicit boolean keep-mask (or a dropout_seed) when dropout_p > 0", "None")

@@ -10,8 +10,8 @@ RMSNorm, so block inputs are normalised twice, as in the reference code.
 Training: ``forward`` / ``backward`` / ``loss_and_grads`` over (B, T) tokens, straight-through through every
 BitLinear (``quantize=True``) or the float model (``quantize=False``). Inference: ``generate`` runs one token at a
 time through ``mlgru_step``; with ``packed`` (from ``pack_model``) every ternary product is the add/subtract
-kernel of ternary_kernel.py on 2-bit or base-3 weights, and its logits equal the training forward's to float
-rounding (``step_logits``).
+kernel of ternary_kernel.py on 2-bit or base-3 weights (or, for comparison, a float GEMV on the dequantised
+weights, fmt "dense"), and its logits equal the training forward's to float rounding (``step_logits``).
 
 Official-code variant (config.variant="official", lower_bound=True): HGRN's per-layer forget-gate lower bounds
 (arXiv 2311.04823 §3; reference code): P = softmax(Gamma) over the layer axis per channel, l_k = sum_{j=1..k} P_j,
@@ -39,7 +39,8 @@ from ..core.layers import (cross_entropy_backward, cross_entropy_forward, embedd
 from .bitlinear import RMS_EPS, bitlinear_backward, bitlinear_forward
 from .glu import glu_backward, glu_forward, glu_hidden, glu_param_shapes
 from .mlgru import VARIANTS, mlgru_backward, mlgru_forward, mlgru_param_shapes, mlgru_step
-from .ternary_kernel import FORMATS, bitlinear_packed, pack_weight
+from .quant import absmax_int8, absmean_ternary
+from .ternary_kernel import FORMATS, PackedTernary, bitlinear_packed, pack_weight
 
 __all__ = ["MatMulFreeConfig", "param_shapes", "init_params", "forward", "backward", "loss_and_grads",
            "lower_bounds", "pack_model", "weight_bytes", "step_logits", "generate"]
@@ -209,12 +210,16 @@ def _bitlinear_names(config) -> list[tuple[str, str]]:
 
 
 def pack_model(params, config, fmt: str = "2bit") -> dict:
-    """Every BitLinear weight quantised (absmean) and packed: {weight name: PackedTernary}."""
+    """Every BitLinear weight quantised (absmean) and packed: {weight name: PackedTernary}.
+    fmt "dense": the dequantised ternary weights as float arrays instead (the float GEMV path at inference,
+    for comparison: same logits, 16x the weight bytes in float32)."""
     config = _check_config(config)
-    _check_params(params, config)
-    fmt = validate.option(fmt, "fmt", tuple(FORMATS))
+    dtype = _check_params(params, config)
+    fmt = validate.option(fmt, "fmt", tuple(FORMATS) + ("dense",))
     if not config.quantize:
         validate.fail("config.quantize", "True (a float model has no ternary weights to pack)", False)
+    if fmt == "dense":
+        return {w: absmean_ternary(params[w]).values.astype(dtype) for w, _ in _bitlinear_names(config)}
     return {w: pack_weight(params[w], fmt) for w, _ in _bitlinear_names(config)}
 
 
@@ -223,7 +228,7 @@ def weight_bytes(params, config, packed=None) -> int:
     (plus one float32 scale each) when ``packed`` is given."""
     total = 0
     for name, shape in param_shapes(config).items():
-        if packed is not None and name in packed:
+        if packed is not None and name in packed and isinstance(packed[name], PackedTernary):
             total += packed[name].data.nbytes + 4
         else:
             total += 4 * int(np.prod(shape))
@@ -233,8 +238,11 @@ def weight_bytes(params, config, packed=None) -> int:
 def _linear(params, config, packed):
     """The BitLinear used at inference: packed kernel or bitlinear_forward, both on (B, d_in) rows."""
     def lin(x, w_name, n_name):
-        if packed is not None:
+        if packed is not None and isinstance(packed[w_name], PackedTernary):
             return bitlinear_packed(x, packed[w_name], params[n_name], config.eps)
+        if packed is not None:                                   # dense dequantised weights: a float GEMV
+            x_bar = rms_norm_forward(x, params[n_name], config.eps)[0]
+            return absmax_int8(x_bar).values @ packed[w_name]
         return bitlinear_forward(x, params[w_name], params[n_name], quantize=config.quantize, eps=config.eps)[0]
     return lin
 

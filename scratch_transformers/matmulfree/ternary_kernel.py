@@ -126,7 +126,7 @@ def _build_tables(x_codes, G, base, values, table):
 
 
 @njit(cache=True, parallel=True)
-def _lut_accumulate(table, data, acc, j_block):
+def _lut_accumulate_parallel(table, data, acc, j_block):
     """acc[j, m] = sum_b T[b, data[b, j], m]: one table lookup and one integer addition per byte (G weights).
     Threads take blocks of outputs; within a block, group b's table (<= 256 entries) stays in L1 while the
     block's bytes of row b stream past it."""
@@ -142,6 +142,22 @@ def _lut_accumulate(table, data, acc, j_block):
                     acc[j, m] += table[b, v, m]
 
 
+@njit(cache=True)
+def _lut_accumulate_serial(table, data, acc):
+    """The same sum on one thread. Threads pay off only for large products (a parallel region costs tens of
+    microseconds to start, far more on a busy machine), so small ones (decoding a small model) run here."""
+    n_groups, d_out = data.shape
+    M = table.shape[2]
+    for b in range(n_groups):
+        for j in range(d_out):
+            v = data[b, j]
+            for m in range(M):
+                acc[j, m] += table[b, v, m]
+
+
+_PARALLEL_MIN_LOOKUPS = 1 << 22
+
+
 def ternary_matmul_int(x_codes, packed: PackedTernary) -> np.ndarray:
     """Exact integer product x~ W~: x_codes (M, d_in) int8, packed weights -> (M, d_out) int32 (add/subtract only)."""
     packed = _check_packed(packed)
@@ -152,7 +168,10 @@ def ternary_matmul_int(x_codes, packed: PackedTernary) -> np.ndarray:
     table = np.empty((n_groups, base ** G, M), np.int16)
     _build_tables(x_codes, G, base, _digit_values(packed.fmt), table)
     acc = np.zeros((packed.d_out, M), np.int32)
-    _lut_accumulate(table, packed.data, acc, max(64, 2048 // M))
+    if n_groups * packed.d_out * M >= _PARALLEL_MIN_LOOKUPS:
+        _lut_accumulate_parallel(table, packed.data, acc, max(64, 2048 // M))
+    else:
+        _lut_accumulate_serial(table, packed.data, acc)
     return np.ascontiguousarray(acc.T)
 
 

@@ -54,6 +54,16 @@ def test_integer_product_is_exact(rng, fmt, M):
     np.testing.assert_array_equal(acc, x.astype(np.int64) @ codes.astype(np.int64))
 
 
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+def test_serial_and_parallel_kernels_agree(rng, monkeypatch, threads):
+    import scratch_transformers.matmulfree.ternary_kernel as tk
+    monkeypatch.setattr(tk, "_PARALLEL_MIN_LOOKUPS", 0 if threads == "parallel" else 1 << 62)
+    codes = codes_of(rng, 301, 700)
+    x = rng.integers(-128, 128, size=(3, 301)).astype(np.int8)
+    for fmt in ("2bit", "base3"):
+        np.testing.assert_array_equal(ternary_matmul_int(x, pack_ternary(codes, fmt)), x.astype(np.int64) @ codes)
+
+
 @pytest.mark.parametrize("fmt", ["2bit", "base3"])
 def test_extreme_sums_exact(fmt):
     # every term +128: x = -128 against weights -1 (the largest sum, 128 d_in), and the smallest, -128 d_in
@@ -127,7 +137,11 @@ def test_runs_without_jit(tmp_path):
         "codes = rng.integers(-1, 2, size=(11, 6)).astype(np.int8)\n"
         "x = rng.integers(-128, 128, size=(2, 11)).astype(np.int8)\n"
         "want = x.astype(np.int64) @ codes.astype(np.int64)\n"
-        "ok = all(np.array_equal(ternary_matmul_int(x, pack_ternary(codes, f)), want) for f in ('2bit', 'base3'))\n"
+        "import scratch_transformers.matmulfree.ternary_kernel as tk\n"
+        "ok = True\n"
+        "for lim in (0, 1 << 62):  # the parallel and the serial kernel\n"
+        "    tk._PARALLEL_MIN_LOOKUPS = lim\n"
+        "    ok &= all(np.array_equal(ternary_matmul_int(x, pack_ternary(codes, f)), want) for f in ('2bit', 'base3'))\n"
         "print(ok)\n"
     )
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}

@@ -18,7 +18,7 @@ def setup(rng, variant="paper", lower_bound=False, quantize=True, std=0.3):
 
 
 @pytest.mark.parametrize("variant,lb", [("paper", False), ("official", True)])
-@pytest.mark.parametrize("fmt", [None, "2bit", "base3"])
+@pytest.mark.parametrize("fmt", [None, "2bit", "base3", "dense"])
 def test_step_logits_equal_training_forward(rng, variant, lb, fmt):
     cfg, p = setup(rng, variant, lb)
     toks = rng.integers(0, 13, size=(3, 9))

@@ -7,6 +7,11 @@ the old file or the complete new one, never a half-written file; on any failure,
 exception raised by the caller's writer or a KeyboardInterrupt, the temporary file is removed and
 the destination is left as it was.
 
+A process killed outright (SIGKILL, power loss) cannot remove its temporary file. That file is
+hidden and named after its destination and writer, ``.<name>.<pid>.<random>.tmp``, so it is never
+mistaken for the file itself, and the next write of the same file removes it once its writer
+process is gone (a live writer's file is left alone): orphans do not accumulate.
+
     atomic_write("report.md", "# title\\n")                        # str is written as UTF-8
     atomic_write("ck.npz", lambda f: np.savez(f, w=w))            # a writer gets a binary file object
 """
@@ -45,7 +50,8 @@ def atomic_write(path, data_or_writer: Union[bytes, str, Writer], mode: int = 0o
     mode = validate.integer(mode, "mode", low=0, high=0o7777)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data_or_writer):
@@ -64,6 +70,40 @@ def atomic_write(path, data_or_writer: Union[bytes, str, Writer], mode: int = 0o
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove ``.<name>.<pid>.<random>.tmp`` files of ``path`` whose writer process no longer exists
+    (left by a process killed mid-write). Other files, and temporary files of live writers, stay."""
+    if os.name != "posix":                     # os.kill(pid, 0) probes a process only on POSIX
+        return
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid, _, rest = name[len(prefix):-len(".tmp")].partition(".")
+        if not (pid.isdigit() and rest) or _process_exists(int(pid)):
+            continue
+        try:
+            os.unlink(path.parent / name)
+        except OSError:                        # removed meanwhile, or not ours to remove
+            pass
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                            # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:

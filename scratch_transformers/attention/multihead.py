@@ -216,15 +216,23 @@ def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=T
         rope_caches = (rq, rk)
     alignment = "top_left"
     if kv_cache is not None:
+        # written now (the core reads the keys in place), undone below if anything after fails
+        saved = (kv_cache.k[:, :, offset:offset + t].copy(), kv_cache.v[:, :, offset:offset + t].copy())
         kv_cache.k[:, :, offset:offset + t] = k
         kv_cache.v[:, :, offset:offset + t] = v
         kv_cache.length = offset + t
         k = kv_cache.k[:, :, :offset + t]                                   # (B, H, T_k, d_h)
         v = kv_cache.v[:, :, :offset + t]
         alignment = "bottom_right"
-    out, core_cache = core_fwd(q, k, v, causal=bool(causal), causal_alignment=alignment, bias=attn_bias,
-                               key_padding_mask=key_padding_mask, **core_options)   # (B, H, T, d_h)
-    y, proj["o"] = project_forward(merge_heads(out), params, f"{prefix}.wo", f"{prefix}.bo", linears)
+    try:
+        out, core_cache = core_fwd(q, k, v, causal=bool(causal), causal_alignment=alignment, bias=attn_bias,
+                                   key_padding_mask=key_padding_mask, **core_options)   # (B, H, T, d_h)
+        y, proj["o"] = project_forward(merge_heads(out), params, f"{prefix}.wo", f"{prefix}.bo", linears)
+    except BaseException:             # a failed call changes nothing it was given: the cache as it was
+        if kv_cache is not None:
+            kv_cache.k[:, :, offset:offset + t], kv_cache.v[:, :, offset:offset + t] = saved
+            kv_cache.length = offset
+        raise
     return y, MHACache(proj=proj, rope=rope_caches, core=core_cache, core_name=core,
                        core_params={kw: core_params[kw] for kw in wanted}, n_heads=n_heads,
                        decoding=kv_cache is not None, x_shape=x.shape)

@@ -256,6 +256,12 @@ def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, 
     if kv_cache is not None:
         if not isinstance(kv_cache, list) or len(kv_cache) != config.n_layers:
             validate.fail("kv_cache", f"a list of {config.n_layers} KVCache (new_kv_cache)", type(kv_cache).__name__)
+        layout = [(c.length, c.k.shape, c.k.dtype, c.v.shape) if isinstance(c, KVCache) else None for c in kv_cache]
+        if None in layout or len(set(layout)) != 1:
+            # every layer's cache is checked before layer 0 writes into its own (a failed call changes
+            # nothing: what fails for one layer fails in layer 0, whose mha_forward undoes its write)
+            validate.fail("kv_cache", "one KVCache per layer, all of one length and shape (new_kv_cache)",
+                          f"lengths {[getattr(c, 'length', None) for c in kv_cache]}")
         offset = kv_cache[0].length
     if config.positions == "learned" and offset + T > config.max_len:
         validate.fail("tokens", f"at most max_len={config.max_len} positions with learned positions",
@@ -368,19 +374,22 @@ def loss_and_grads(params, config, inputs, targets, *, rng=None, linears=None):
 
 def sample_logits(logits, rng=None, *, temperature=1.0, top_k=None, greedy=False):
     """One token per row of logits (B, V): argmax if greedy, else a draw from softmax(logits / T)
-    restricted to the top_k largest logits (ties at the k-th value are kept). Returns (B,) int64."""
-    logits = validate.float_array(logits, "logits", ndim=2)
+    restricted to the top_k largest logits (ties at the k-th value are kept). Returns (B,) int64.
+    -inf entries are masked tokens; a row with NaN or +inf, or entirely -inf, raises ValueError
+    (validate.sampling_logits) rather than becoming token 0, and nothing is drawn from rng then."""
+    logits = validate.sampling_logits(logits, "logits")
     V = logits.shape[1]
-    if greedy:
+    if validate.flag(greedy, "greedy"):
         return np.argmax(logits, axis=-1).astype(np.int64)
     rng = validate.rng(rng)
     temperature = validate.positive(temperature, "temperature")
-    z = logits.astype(np.float64) / temperature                               # (B, V)
     if top_k is not None:
         top_k = validate.integer(top_k, "top_k", low=1, high=V)
+    z = logits.astype(np.float64)
+    z = (z - z.max(axis=-1, keepdims=True)) / temperature                    # (B, V) <= 0: no overflow for small T
+    if top_k is not None:
         kth = np.sort(z, axis=-1)[:, V - top_k][:, None]                      # (B, 1) k-th largest
         z = np.where(z >= kth, z, -np.inf)
-    z = z - z.max(axis=-1, keepdims=True)
     probs = np.exp(z)
     cdf = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)       # (B, V)
     u = rng.random((logits.shape[0], 1))
@@ -397,7 +406,7 @@ def generate(params, config, prompt, n_new, *, rng=None, temperature=1.0, top_k=
     n_new = validate.integer(n_new, "n_new", low=0)
     if prompt.shape[1] + n_new > config.max_len:
         validate.fail("n_new", f"prompt length + n_new <= max_len={config.max_len}", prompt.shape[1] + n_new)
-    if not greedy:
+    if not validate.flag(greedy, "greedy"):
         rng = validate.rng(rng)
         validate.positive(temperature, "temperature")
     dtype = _check_params(params, config, linears)

@@ -18,6 +18,7 @@ run's losses are bit-identical to those of an uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -146,6 +147,20 @@ def load_checkpoint(path) -> Checkpoint:
     return Checkpoint(params, optim_state, step, restore_rng(rng_state), rng_state, history)
 
 
+def _check_optimizer_state(state: dict, params: dict, optimizer) -> None:
+    """The checkpoint's optimizer state loads into ``optimizer`` (tried on a copy) and every per-parameter
+    entry ("<kind>/<name>", e.g. exp_avg/w) has its parameter's shape. Raises ValueError, changes nothing."""
+    for key, value in state.items():
+        kind, _, name = key.partition("/")
+        if name and np.ndim(value) > 0 and (name not in params or np.shape(value) != params[name].shape):
+            want = f"shape {params[name].shape} (of params[{name!r}])" if name in params else "a parameter's name"
+            validate.fail(f"checkpoint_path (optimizer state {key!r})", want, f"shape {np.shape(value)}")
+    try:
+        copy.deepcopy(optimizer).load_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        validate.fail("checkpoint_path", "optimizer state that fits the optimizer", f"{type(err).__name__}: {err}")
+
+
 # --- the loop ------------------------------------------------------------------------------------
 
 def train(loss_and_grads: Callable, params: dict, optimizer, next_batch: Callable, *, steps: int,
@@ -190,18 +205,25 @@ def train(loss_and_grads: Callable, params: dict, optimizer, next_batch: Callabl
     history, start = History(), 0
     if resume and Path(checkpoint_path).is_file():
         ck = load_checkpoint(checkpoint_path)
+        # Everything is checked before anything changes: a failed resume leaves the caller's params,
+        # optimizer and rng as they were.
         if set(ck.params) != set(params):
             validate.fail("checkpoint_path", f"a checkpoint with params {sorted(params)}", sorted(ck.params))
         for k, v in ck.params.items():
             if params[k].shape != v.shape or params[k].dtype != v.dtype:
                 validate.fail(f"params[{k!r}]", f"shape {v.shape} dtype {v.dtype} as in the checkpoint",
                               f"shape {params[k].shape} dtype {params[k].dtype}")
-            params[k][...] = v
+        if ck.step > steps:
+            validate.fail("steps", f"at least the checkpoint's step {ck.step}", steps)
+        kind = rng.bit_generator.state.get("bit_generator")
+        if ck.rng_state.get("bit_generator") != kind:
+            validate.fail("rng", f"a {ck.rng_state.get('bit_generator')} generator, as in the checkpoint", kind)
+        _check_optimizer_state(ck.optimizer_state, params, optimizer)
         optimizer.load_state_dict(ck.optimizer_state)
+        for k, v in ck.params.items():
+            params[k][...] = v
         rng.bit_generator.state = ck.rng_state
         history, start = ck.history, ck.step
-        if start > steps:
-            validate.fail("steps", f"at least the checkpoint's step {start}", steps)
 
     def run_eval(done: int) -> None:
         metrics = eval_fn(params)

@@ -141,6 +141,7 @@ def flash_backward_hbm_accesses(n: int, d: int, m_sram: int | None = None, *, or
     (4 B_r d + 2 B_r; O_i as the algorithm prints it, although D_i already holds what it is needed for) and line
     15 writes dQ_i (B_r d); line 18 writes dK_j, dV_j (2 N_k d). Block sizes and causal as flash_hbm_accesses.
     """
+    causal = validate.flag(causal, "causal")
     n = validate.positive_int(n, "n")
     d = validate.positive_int(d, "d")
     n_k = n if n_k is None else validate.positive_int(n_k, "n_k")
@@ -279,6 +280,7 @@ def simulate_flash_backward_io(q, k, v, out, dout, lse, *, block_q: int, block_k
     causal mask if causal. order "fa1" follows FA-1 Algorithm 4 (D_i formed per tile from dO_i, O_i), "fa2"
     FA-2 Algorithm 2 (D = rowsum(dO o O) once, line 4). Returns ((dq, dk, dv), reads, writes).
     """
+    causal = validate.flag(causal, "causal")
     q = validate.float_array(q, "q", ndim=2)
     n, d = q.shape
     k = validate.array(k, "k", shape=(None, d), dtype=q.dtype)

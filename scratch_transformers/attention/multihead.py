@@ -101,6 +101,7 @@ def init_mha(rng, d_model, n_heads, *, bias=True, prefix="attn", std=0.02, out_s
         validate.fail("n_heads", f"a divisor of d_model={d_model}", n_heads)
     std = validate.positive(std, "std")
     out_std = std if out_std is None else validate.positive(out_std, "out_std")
+    bias = validate.flag(bias, "bias")
     if not isinstance(prefix, str):
         validate.fail("prefix", "a string", type(prefix).__name__)
     dtype = np.dtype(dtype)

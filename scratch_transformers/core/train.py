@@ -188,6 +188,9 @@ def train(loss_and_grads: Callable, params: dict, optimizer, next_batch: Callabl
     if not hasattr(optimizer, "step"):
         validate.fail("optimizer", "an optimizer with step(params, grads, lr=None)", type(optimizer).__name__)
     steps = validate.integer(steps, "steps", low=0)
+    resume = validate.flag(resume, "resume")
+    progress = validate.flag(progress, "progress")
+    stop_on_nonfinite = validate.flag(stop_on_nonfinite, "stop_on_nonfinite")
     rng = validate.rng(rng)
     if lr_schedule is not None and not callable(lr_schedule):
         validate.fail("lr_schedule", "a callable(step) -> lr or None", type(lr_schedule).__name__)

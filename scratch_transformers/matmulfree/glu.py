@@ -56,6 +56,7 @@ class GLUCache(NamedTuple):
 
 def glu_forward(x, params, *, quantize: bool = True, eps: float = RMS_EPS):
     """x: (..., d); params: w_gu (d, 2I), n_gu (d,), w_d (I, d), n_d (I,). Returns y (..., d) and a GLUCache."""
+    quantize = validate.flag(quantize, "quantize")
     x = validate.float_array(x, "x", min_ndim=1)
     if not isinstance(params, dict) or "w_d" not in params:
         validate.fail("params", "a dict with w_gu, n_gu, w_d, n_d", type(params).__name__)

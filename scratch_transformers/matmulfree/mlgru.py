@@ -131,6 +131,7 @@ def mlgru_forward(x, params, *, h0=None, variant: str = "paper", lower_bound=Non
     x: (B, T, d); params: see ``mlgru_param_shapes``; h0: (B, d) or None (zeros); lower_bound: (d,) or None
     (official variant only). Returns o (B, T, d) and an MLGRUCache (``cache.h[:, -1]`` is the final state).
     """
+    quantize = validate.flag(quantize, "quantize")
     x = validate.float_array(x, "x", ndim=3)
     B, T, d = x.shape
     variant, lower_bound = _check(params, d, x.dtype, variant, lower_bound)
@@ -221,6 +222,7 @@ def mlgru_step(x_t, h_prev, params, *, variant: str = "paper", lower_bound=None,
     linear: optional callable ``linear(x, name) -> x (*) W_name`` replacing the BitLinear of weight ``name``
     (e.g. the packed add/subtract kernel at inference, see model.py); default bitlinear_forward on params.
     """
+    quantize = validate.flag(quantize, "quantize")
     x_t = validate.float_array(x_t, "x_t", ndim=2)
     B, d = x_t.shape
     variant, lower_bound = _check(params, d, x_t.dtype, variant, lower_bound)

@@ -286,12 +286,12 @@ def generate(params, config, prompt, n_new, *, rng=None, temperature: float = 1.
              packed=None):
     """Continue ``prompt`` (B, T0) by ``n_new`` tokens, one recurrent step per token (constant memory in T).
     packed: pack_model(...) to run on packed ternary weights. rng is required unless greedy. Returns (B, T0 + n_new)."""
+    greedy = validate.flag(greedy, "greedy")
     config = _check_config(config)
     prompt = validate.int_array(prompt, "prompt", ndim=2, low=0, high=config.vocab_size)
     if prompt.shape[1] < 1:
         validate.fail("prompt", "at least one token", prompt.shape)
     n_new = validate.integer(n_new, "n_new", low=0)
-    greedy = validate.flag(greedy, "greedy")
     if not greedy:
         rng = validate.rng(rng)
         temperature = validate.positive(temperature, "temperature")

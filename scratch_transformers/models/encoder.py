@@ -238,6 +238,8 @@ def forward(params, config, tokens, *, padding_mask=None, rng=None, training=Fal
     draws dropout masks from ``rng``. linears: projection overrides by weight name (LoRA).
     Returns (output, EncoderCache) for backward.
     """
+    training = validate.flag(training, "training")
+    return_hidden = validate.flag(return_hidden, "return_hidden")
     config = _check_config(config)
     _check_params(params, config, linears)
     tokens = validate.int_array(tokens, "tokens", ndim=2, low=0, high=config.vocab_size)
@@ -252,6 +254,8 @@ def forward_embeddings(params, config, embeddings, *, padding_mask=None, rng=Non
     For soft prompts: X = concat(prompt vectors, embed(params, config, tokens)). backward_inputs gives
     dL/dX. Non-finite values in X propagate to NaN in the outputs, as the formula does.
     """
+    training = validate.flag(training, "training")
+    return_hidden = validate.flag(return_hidden, "return_hidden")
     config = _check_config(config)
     dtype = _check_params(params, config, linears)
     x = validate.array(embeddings, "embeddings", ndim=3, dtype=dtype)

@@ -203,6 +203,7 @@ def speed_decode(large_params, large_config, tandem_params, tandem_config, promp
     and gamma - 1 drafts), so it yields representations and verdicts but no extra token.
     Returns (tokens (T0 + n_new,), SpeculativeStats) with target_calls counting the prefill call too.
     """
+    greedy = validate.flag(greedy, "greedy")
     from ..tandem.speculative import SpeculativeStats, speculative_decode
 
     validate.option(mode, "mode", MODES)

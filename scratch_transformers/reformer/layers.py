@@ -53,6 +53,8 @@ def lsh_self_attention_forward(x, params, *, prefix, n_heads, attention="lsh", r
     x: (B, T, D); rotations (d_h, n_hashes, n_buckets/2) and bucket_size are needed for "lsh".
     Returns y (B, T, D) and an AttentionLayerCache.
     """
+    causal = validate.flag(causal, "causal")
+    dedup = validate.flag(dedup, "dedup")
     x = validate.float_array(x, "x", ndim=3)
     n_heads = validate.positive_int(n_heads, "n_heads")
     if x.shape[2] % n_heads:

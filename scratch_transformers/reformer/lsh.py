@@ -169,6 +169,8 @@ def lsh_attention_forward(qk, v, rotations, *, bucket_size, causal=False, scale=
     holds it (as in the reference formula, where a masked weight 0 times NaN is NaN); qk and rotations
     must be finite (they are hashed into bucket ids: ValueError otherwise).
     """
+    causal = validate.flag(causal, "causal")
+    dedup = validate.flag(dedup, "dedup")
     qk = validate.float_array(qk, "qk", ndim=4, finite=True)
     b, h, n, d = qk.shape
     if n < 1 or d < 1:
@@ -176,10 +178,6 @@ def lsh_attention_forward(qk, v, rotations, *, bucket_size, causal=False, scale=
     v = validate.array(v, "v", shape=(b, h, n, None), dtype=qk.dtype)
     rotations = validate.float_array(rotations, "rotations", ndim=3, shape=(d, None, None), finite=True)
     m = validate.positive_int(bucket_size, "bucket_size")
-    if not isinstance(causal, (bool, np.bool_)):
-        validate.fail("causal", "a bool", repr(causal))
-    if not isinstance(dedup, (bool, np.bool_)):
-        validate.fail("dedup", "a bool", repr(dedup))
     scale = float(1.0 / np.sqrt(d)) if scale is None else validate.positive(scale, "scale")
     self_penalty = validate.positive(self_penalty, "self_penalty")
     buckets = lsh_hash(qk, rotations)                                  # (B, H, R, N)
@@ -339,6 +337,7 @@ def shared_qk_attention_forward(qk, v, *, causal=False, scale=None, self_penalty
     """Dense shared-QK attention (§2): keys qk / ||qk||, logits scale * qk_i . k_j, the own position
     penalised by eq. 16's 10^5, optional causal mask; every query sees every key. qk: (B, H, N, d),
     v: (B, H, N, dv). Returns out (B, H, N, dv) and a SharedQKCache. NaN/inf propagate."""
+    causal = validate.flag(causal, "causal")
     qk = validate.float_array(qk, "qk", ndim=4)
     v = validate.array(v, "v", shape=qk.shape[:3] + (None,), dtype=qk.dtype)
     self_penalty = validate.positive(self_penalty, "self_penalty")

@@ -205,6 +205,7 @@ def generate(params, config, prompt, n_new, *, rng, greedy=False, temperature=1.
     """Continue prompt (B, T0) by n_new tokens, re-running the whole forward at every step (LSH buckets
     change as the sequence grows, so there is no KV cache). rng draws the hash rotations (and the
     samples unless greedy). Returns (B, T0 + n_new) int64."""
+    greedy = validate.flag(greedy, "greedy")
     config = _check_config(config)
     rng = validate.rng(rng)
     prompt = validate.int_array(prompt, "prompt", ndim=2, low=0, high=config.vocab_size)

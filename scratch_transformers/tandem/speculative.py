@@ -98,12 +98,10 @@ def speculative_accept(p, q, draft_tokens, rng=None, *, greedy=False, bonus=True
 
     Returns (n_accepted, next_token). Non-finite p or q raise ValueError (the output is discrete).
     """
+    bonus = validate.flag(bonus, "bonus")
+    greedy = validate.flag(greedy, "greedy")
     draft_tokens = validate.int_array(draft_tokens, "draft_tokens", ndim=1)
     gamma = draft_tokens.shape[0]
-    if not isinstance(bonus, (bool, np.bool_)):
-        validate.fail("bonus", "a bool", repr(bonus))
-    if not isinstance(greedy, (bool, np.bool_)):
-        validate.fail("greedy", "a bool", repr(greedy))
     p = _check_rows(p, "p", gamma + 1 if bonus else gamma, None, greedy)
     V = p.shape[1]
     q = _check_rows(q, "q", gamma, V, greedy)
@@ -137,6 +135,7 @@ def expected_tokens_per_call(alpha, gamma, *, bonus=True) -> float:
 
     bonus=False (no free token when all drafts pass): (1 - alpha^gamma) / (1 - alpha). alpha = 1 gives
     gamma + 1 (gamma)."""
+    bonus = validate.flag(bonus, "bonus")
     alpha = validate.real(alpha, "alpha", low=0.0, high=1.0)
     gamma = validate.integer(gamma, "gamma", low=0)
     k = gamma + 1 if bonus else gamma
@@ -147,6 +146,7 @@ def predicted_speedup(alpha, gamma, cost_ratio, *, bonus=True) -> float:
     """Walltime improvement (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1))   (Leviathan Thm 3.8).
 
     cost_ratio c = time of one drafter step / time of one target call."""
+    bonus = validate.flag(bonus, "bonus")
     c = validate.real(cost_ratio, "cost_ratio", low=0.0)
     return expected_tokens_per_call(alpha, gamma, bonus=bonus) / (validate.integer(gamma, "gamma", low=0) * c + 1.0)
 
@@ -190,6 +190,8 @@ def speculative_decode(target, drafter, prompt, n_new, *, gamma, rng=None, greed
 
     Returns (tokens (T0 + n_new,) int64, SpeculativeStats).
     """
+    bonus = validate.flag(bonus, "bonus")
+    greedy = validate.flag(greedy, "greedy")
     target = _check_decoder(target, "target")
     drafter = _check_decoder(drafter, "drafter")
     prompt = validate.int_array(prompt, "prompt", ndim=1, low=0)

@@ -1,0 +1,204 @@
+"""Tandem Transformers (arXiv 2402.08644) and SPEED on the stdlib byte corpus.
+
+Trains M_L (the baseline transformer, several layers) and a narrow 2-layer M_S, then, with M_L frozen,
+the Tandem M_S initialised from M_S (the paper's Gecko init, §4) with Tandem-CE and then Tandem-Distil
+(lambda = 0.5). Control: M_S alone trained for the same extra steps (so any gain is from M_L's rows, not
+from steps). Reports validation loss, agreement with M_L's argmax and TV distance to M_L (Table 1's
+columns), then greedy speculative decoding with M_S as a standalone drafter vs SPEED with the Tandem M_S,
+against M_L alone: acceptance rate, tokens per M_L call and wall-clock speed-up versus block length gamma
+(Table 2's setting, at toy scale, on CPU).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..core import data, optim, train, validate
+from ..models import transformer as tf
+from ..models.speed import TransformerDecoder, large_forward, speed_decode
+from ..tandem import losses as tandem_losses
+from ..tandem import model as tandem_model
+from ..tandem.speculative import predicted_speedup, speculative_decode
+from .common import ExperimentResult, markdown_table, savefig
+
+NAME = "tandem"
+TITLE = "Tandem Transformers + SPEED: a small model attending to a large one's representations"
+
+SIZES = {
+    "quick": dict(ctx=32, batch=8, d_large=64, layers_large=4, d_small=32, layers_small=2, steps_large=200,
+                  steps_small=200, steps_tandem=60, steps_distil=30, gamma_train=2, gammas=(1, 2, 4, 6),
+                  n_prompts=3, prompt_len=16, n_new=32, lr=3e-3),
+    "full": dict(ctx=96, batch=32, d_large=128, layers_large=6, d_small=32, layers_small=2, steps_large=1500,
+                 steps_small=800, steps_tandem=400, steps_distil=200, gamma_train=2, gammas=(1, 2, 3, 4, 6, 8),
+                 n_prompts=20, prompt_len=32, n_new=64, lr=2e-3),
+}
+
+
+def fit(loss_fn, params, corpus, cfg, steps, rng, desc, progress):
+    """AdamW + warmup-cosine + clipping on random windows of the training bytes (the baseline's recipe)."""
+    opt = optim.AdamW(lr=cfg["lr"], weight_decay=0.01)
+    train.train(lambda p, batch, r: loss_fn(p, *batch), params, opt,
+                lambda r, s: data.random_windows(corpus.train, r, cfg["batch"], cfg["ctx"]), steps=steps, rng=rng,
+                lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=cfg["lr"], warmup_steps=min(30, steps // 5 + 1),
+                                                          total_steps=steps),
+                clip_norm=1.0, progress=progress, desc=desc)
+    return params
+
+
+def train_models(cfg, rng, corpus, progress=True):
+    """M_L, M_S alone (+ the control continued for the Tandem steps), Tandem-CE and Tandem-Distil M_S."""
+    ctx = cfg["ctx"]
+    lcfg = tf.TransformerConfig(vocab_size=256, d_model=cfg["d_large"], n_layers=cfg["layers_large"], n_heads=4,
+                                max_len=max(ctx, cfg["prompt_len"] + cfg["n_new"]))
+    scfg = tf.TransformerConfig(vocab_size=256, d_model=cfg["d_small"], n_layers=cfg["layers_small"], n_heads=4,
+                                max_len=lcfg.max_len)
+    tcfg = tandem_model.TandemConfig(vocab_size=256, d_model=cfg["d_small"], n_layers=cfg["layers_small"], n_heads=4,
+                                     d_large=cfg["d_large"], large_layers=cfg["layers_large"],
+                                     gamma=cfg["gamma_train"], max_len=lcfg.max_len)
+    lp = fit(lambda p, x, y: tf.loss_and_grads(p, lcfg, x, y), tf.init_params(lcfg, rng), corpus, cfg,
+             cfg["steps_large"], rng, "tandem M_L", progress)
+    sp = fit(lambda p, x, y: tf.loss_and_grads(p, scfg, x, y), tf.init_params(scfg, rng), corpus, cfg,
+             cfg["steps_small"], rng, "tandem M_S", progress)
+    extra = cfg["steps_tandem"] + cfg["steps_distil"]
+    control = fit(lambda p, x, y: tf.loss_and_grads(p, scfg, x, y), {k: v.copy() for k, v in sp.items()}, corpus,
+                  cfg, extra, rng, "M_S continued", progress)
+
+    def tandem_loss(lam):
+        def loss(p, x, y):
+            ml_logits, states = large_forward(lp, lcfg, x, tcfg.ml_layers)
+            return tandem_losses.loss_and_grads(p, tcfg, x, y, states, ml_logits, distil_weight=lam)
+        return loss
+
+    tp = fit(tandem_loss(0.0), tandem_model.init_params(tcfg, rng, small_params=sp), corpus, cfg,
+             cfg["steps_tandem"], rng, "Tandem-CE", progress)
+    tp_ce = {k: v.copy() for k, v in tp.items()}
+    tp = fit(tandem_loss(0.5), tp, corpus, cfg, cfg["steps_distil"], rng, "Tandem-Distil", progress)
+    return dict(lcfg=lcfg, scfg=scfg, tcfg=tcfg, large=lp, small=sp, control=control, tandem_ce=tp_ce, tandem=tp)
+
+
+def next_token_metrics(m, val_x, val_y):
+    """Validation loss, accuracy, agreement with M_L's argmax and mean TV distance to M_L, per model."""
+    from ..core.functional import softmax
+    from ..core.layers import cross_entropy_forward
+
+    ml_logits, states = large_forward(m["large"], m["lcfg"], val_x, m["tcfg"].ml_layers)
+    logits = {"M_L": ml_logits,
+              "M_S alone": tf.forward(m["control"], m["scfg"], val_x)[0],
+              "Tandem-CE M_S": tandem_model.forward(m["tandem_ce"], m["tcfg"], val_x, states)[0],
+              "Tandem-Distil M_S": tandem_model.forward(m["tandem"], m["tcfg"], val_x, states)[0]}
+    p_l, a_l = softmax(ml_logits), np.argmax(ml_logits, -1)
+    out = {}
+    for name, z in logits.items():
+        out[name] = dict(loss=float(cross_entropy_forward(z, val_y)[0]), acc=float(np.mean(np.argmax(z, -1) == val_y)),
+                         agree=float(np.mean(np.argmax(z, -1) == a_l)),
+                         tv=float(np.mean(0.5 * np.abs(softmax(z) - p_l).sum(-1))))
+    return out
+
+
+def decoding_runs(m, prompts, n_new, gammas):
+    """Greedy M_L alone vs speculative (M_S drafter) vs SPEED (Tandem M_S), same prompts, same output.
+    Speed-ups are ratios of CPU seconds (process_time; BLAS single-threaded under the CLI)."""
+    lp, lcfg = m["large"], m["lcfg"]
+    t0 = time.process_time()                      # CPU time: robust to other jobs on a shared machine
+    want = [tf.generate(lp, lcfg, p[None], n_new, greedy=True)[0] for p in prompts]
+    t_large = time.process_time() - t0
+    rows = []
+    for g in gammas:
+        for method in ("speculative, M_S drafter", "SPEED, Tandem M_S"):
+            t0, stats, same = time.process_time(), [], True
+            for p, w in zip(prompts, want):
+                if method.startswith("SPEED"):
+                    out, st = speed_decode(lp, lcfg, m["tandem"], m["tcfg"], p, n_new, gamma=g, greedy=True)
+                else:
+                    out, st = speculative_decode(TransformerDecoder(lp, lcfg), TransformerDecoder(m["control"], m["scfg"]),
+                                                 p, n_new, gamma=g, greedy=True)
+                same &= bool(np.array_equal(out, w))
+                stats.append(st)
+            sec = time.process_time() - t0
+            acc = sum(s.accepted for s in stats) / max(sum(s.tested for s in stats), 1)
+            calls = sum(s.target_calls for s in stats)
+            rows.append(dict(gamma=g, method=method, acceptance=acc, tokens_per_call=n_new * len(prompts) / calls,
+                             speedup=t_large / sec, identical=same, seconds=sec))
+    return t_large, rows
+
+
+def cost_ratio(m, prompt):
+    """c = time of one drafter step / one M_L step (Leviathan Def. 3.7), measured on one prompt."""
+    big, small = TransformerDecoder(m["large"], m["lcfg"]), TransformerDecoder(m["control"], m["scfg"])
+    big.extend(prompt, 1)
+    small.extend(prompt, 1)
+    one = prompt[-1:]
+
+    def step(dec):
+        for _ in range(5):
+            dec.extend(one, 1)
+            dec.rollback(dec.length - 1)
+
+    def cpu(fn):
+        t0 = time.process_time()
+        fn()
+        return time.process_time() - t0
+    return float(np.median([cpu(lambda: step(small)) / cpu(lambda: step(big)) for _ in range(5)]))
+
+
+def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Path = Path("out/tandem"),
+        progress: bool = True) -> ExperimentResult:
+    import matplotlib.pyplot as plt
+
+    validate.option(size, "size", SIZES)
+    rng = validate.rng(rng if rng is not None else np.random.default_rng(0))
+    cfg = SIZES[size]
+    t_start = time.perf_counter()
+    corpus = data.load_stdlib_corpus()
+    m = train_models(cfg, rng, corpus, progress)
+    val_x, val_y = data.random_windows(corpus.val, np.random.default_rng(1234), 64, cfg["ctx"])
+    metrics = next_token_metrics(m, val_x, val_y)
+    starts = np.random.default_rng(7).integers(0, len(corpus.val) - cfg["prompt_len"], size=cfg["n_prompts"])
+    prompts = [corpus.val[s:s + cfg["prompt_len"]].astype(np.int64) for s in starts]
+    t_large, rows = decoding_runs(m, prompts, cfg["n_new"], cfg["gammas"])
+    c = cost_ratio(m, prompts[0])
+    for r in rows:
+        r["predicted"] = predicted_speedup(min(r["acceptance"], 1.0), r["gamma"], c)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    names = list(metrics)
+    axes[0].bar(range(len(names)), [metrics[n]["loss"] for n in names], color=[f"C{i}" for i in range(len(names))])
+    axes[0].set_xticks(range(len(names)), [n.replace(" M_S", "\nM_S") for n in names], fontsize=8)
+    axes[0].set(ylabel="validation loss (nats / byte)", title="next-byte loss (M_S alone trained as long)")
+    lo = min(metrics[n]["loss"] for n in names)
+    axes[0].set_ylim(lo * 0.9, max(metrics[n]["loss"] for n in names) * 1.03)
+    for k, method in enumerate(("speculative, M_S drafter", "SPEED, Tandem M_S")):
+        rs = [r for r in rows if r["method"] == method]
+        gs = [r["gamma"] for r in rs]
+        axes[1].plot(gs, [r["acceptance"] for r in rs], "o-", color=f"C{k + 1}", label=method)
+        axes[2].plot(gs, [r["speedup"] for r in rs], "o-", color=f"C{k + 1}", label=f"{method} (measured)")
+        axes[2].plot(gs, [r["predicted"] for r in rs], "--", color=f"C{k + 1}", label=f"{method} (Thm 3.8, c={c:.2f})")
+    axes[1].set(xlabel="block length gamma (drafts per M_L call)", ylabel="acceptance rate (greedy)",
+                title="acceptance vs gamma", ylim=(0, 1.02))
+    axes[2].axhline(1.0, color="k", lw=0.8, ls=":", label="M_L alone")
+    axes[2].set(xlabel="block length gamma", ylabel="speed-up over M_L alone (x)", title="wall-clock speed-up")
+    axes[1].legend(fontsize=8)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig_path = savefig(fig, out_dir, "tandem.png")
+
+    t1 = markdown_table(["model", "val loss", "accuracy", "agrees with M_L argmax", "TV to M_L"],
+                        [[n, v["loss"], v["acc"], v["agree"], v["tv"]] for n, v in metrics.items()])
+    t2 = markdown_table(["gamma", "method", "acceptance", "tokens / M_L call", "speed-up", "predicted", "identical"],
+                        [[r["gamma"], r["method"], r["acceptance"], r["tokens_per_call"], r["speedup"], r["predicted"],
+                          r["identical"]] for r in rows])
+    summary = (f"{t1}\n\nGreedy decoding, {len(prompts)} prompts x {cfg['n_new']} new bytes; M_L alone "
+               f"{t_large:.2f} CPU s; M_S drafter / M_L step cost ratio c = {c:.3f}\n\n{t2}\n\n"
+               f"(total {time.perf_counter() - t_start:.1f} s)")
+    out = {f"loss_{k}": v["loss"] for k, v in metrics.items()}
+    out.update({f"agree_{k}": v["agree"] for k, v in metrics.items()})
+    for r in rows:
+        tag = "speed" if r["method"].startswith("SPEED") else "spec"
+        out[f"{tag}_acceptance_g{r['gamma']}"] = r["acceptance"]
+        out[f"{tag}_speedup_g{r['gamma']}"] = r["speedup"]
+        out[f"{tag}_identical_g{r['gamma']}"] = float(r["identical"])
+    out["cost_ratio"] = c
+    return ExperimentResult(NAME, TITLE, summary, [fig_path], out)

@@ -179,9 +179,11 @@ _REF = "scratch_transformers.reformer."
 _ATTN_WRT = ("x", "a.ln.weight", "a.ln.bias", "a.wqk", "a.wv", "a.wo")
 GRADCHECKS += [
     Op(name="reformer.lsh_self_attention_layer", forward=_attn_forward, backward=_attn_backward,
-       make_inputs=lambda rng: _attn_inputs(rng, "lsh"), wrt=_ATTN_WRT, covers=(_REF + "layers.lsh_self_attention_backward",)),
+       make_inputs=lambda rng: _attn_inputs(rng, "lsh"), wrt=_ATTN_WRT,
+       covers=(_REF + "layers.lsh_self_attention_backward",)),
     Op(name="reformer.full_shared_qk_attention_layer", forward=_attn_forward, backward=_attn_backward,
-       make_inputs=lambda rng: _attn_inputs(rng, "full"), wrt=_ATTN_WRT, covers=(_REF + "layers.lsh_self_attention_backward",)),
+       make_inputs=lambda rng: _attn_inputs(rng, "full"), wrt=_ATTN_WRT,
+       covers=(_REF + "layers.lsh_self_attention_backward",)),
     Op(name="reformer.feed_forward", forward=lambda x, **p: feed_forward_forward(x, p, prefix="m"),
        backward=_ff_backward, make_inputs=_ff_inputs, covers=(_REF + "layers.feed_forward_backward",)),
     Op(name="reformer.shared_qk_attention", forward=lambda qk, v: shared_qk_attention_forward(qk, v, causal=True),

@@ -36,13 +36,15 @@ NAME = "reformer"
 TITLE = "Reformer: duplication task (Table 2 layout), LSH error vs rounds, reversible memory, causal LSH"
 
 TRAIN_ROUNDS = ("full", 1, 2, 4)
+MEM_HEADER = ["layers", "reversible", "ordinary", "of which gradients", "reversible - gradients",
+              "ordinary - gradients"]
 EVAL_ROUNDS = ("full", 8, 4, 2, 1)
 
 SIZES = {
-    "quick": dict(half=16, vocab=12, d_model=32, n_heads=2, d_ff=64, bucket_size=4, steps=150, batch=16, lr=1e-2,
+    "quick": dict(half=16, vocab=12, d_model=32, n_heads=2, d_ff=64, bucket_size=8, steps=300, batch=16, lr=1e-2,
                   n_eval=128, seeds=(0,), mem_layers=(1, 2, 4, 8), mem_len=256, err_draws=3, causal_seqs=32),
-    "full": dict(half=32, vocab=16, d_model=64, n_heads=4, d_ff=128, bucket_size=8, steps=1500, batch=32, lr=5e-3,
-                 n_eval=512, seeds=(0, 1, 2), mem_layers=(2, 4, 8, 12, 16), mem_len=512, err_draws=8, causal_seqs=128),
+    "full": dict(half=16, vocab=12, d_model=32, n_heads=2, d_ff=64, bucket_size=8, steps=400, batch=16, lr=1e-2,
+                 n_eval=512, seeds=(0, 1, 2), mem_layers=(2, 4, 8, 12, 16), mem_len=256, err_draws=8, causal_seqs=128),
 }
 
 
@@ -85,9 +87,11 @@ def train_model(cfg, trained_with, seed, progress):
     def loss_and_grads(p, batch, r):
         return rf.loss_and_grads(p, config, *batch, rng=r)
 
+    def schedule(s):
+        return optim.warmup_cosine(s, base_lr=cfg["lr"], warmup_steps=steps // 10, total_steps=steps)
+
     hist = train.train(loss_and_grads, params, optim.AdamW(lr=cfg["lr"], weight_decay=0.0), next_batch, steps=steps,
-                       rng=rng, lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=cfg["lr"], warmup_steps=steps // 10,
-                                                                           total_steps=steps),
+                       rng=rng, lr_schedule=schedule,
                        clip_norm=1.0, progress=progress, desc=f"reformer {trained_with} (seed {seed})")
     return config, params, hist
 
@@ -120,8 +124,9 @@ def approximation_error(qk, v, bucket_size, rounds, draws, rng):
 
 
 def memory_vs_depth(cfg, layers, rng):
-    """Peak traced bytes of one loss_and_grads call (B = 1, T = mem_len) for reversible and ordinary stacks."""
-    out = {True: [], False: []}
+    """Peak traced bytes of one loss_and_grads call (B = 1, T = mem_len) for reversible and ordinary stacks,
+    and the bytes of the returned parameter gradients (part of the peak, linear in depth for both)."""
+    out = {True: [], False: [], "grads": []}
     t = cfg["mem_len"]
     tokens = rng.integers(0, 16, size=(1, t))
     for n_layers in layers:
@@ -131,6 +136,7 @@ def memory_vs_depth(cfg, layers, rng):
             params = rf.init_params(config, rng)
             rot = rf.draw_rotations(config, t, rng)
             out[rev].append(traced_peak(lambda: rf.loss_and_grads(params, config, tokens, tokens, rotations=rot))[0])
+        out["grads"].append(sum(a.nbytes for a in params.values()))
     return out
 
 
@@ -216,6 +222,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     mb = 2 ** 20
     axes[1].plot(cfg["mem_layers"], np.array(mem[True]) / mb, "o-", color="C1", label="reversible (eqs. 7-8)")
     axes[1].plot(cfg["mem_layers"], np.array(mem[False]) / mb, "s-", color="C0", label="ordinary residual stack")
+    axes[1].plot(cfg["mem_layers"], np.array(mem["grads"]) / mb, ":", color="C7", label="parameter gradients alone")
     axes[1].set(xlabel="layers", ylabel="peak traced memory of loss+grads (MB)",
                 title=f"Reformer LM, T={cfg['mem_len']}, d=64, LSH-2")
     axes[1].legend()
@@ -229,7 +236,8 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     header = ["trained \\ evaluated"] + ["full" if e == "full" else f"LSH-{e}" for e in EVAL_ROUNDS]
     rows = [["full" if t == "full" else f"LSH-{t}"] + [cell(t, e) for e in EVAL_ROUNDS] for t in TRAIN_ROUNDS]
     err_rows = [[k, err_model[k], err_gauss[k]] for k in rounds]
-    mem_rows = [[n, mem[True][i] / mb, mem[False][i] / mb] for i, n in enumerate(cfg["mem_layers"])]
+    mem_rows = [[n, mem[True][i] / mb, mem[False][i] / mb, mem["grads"][i] / mb, (mem[True][i] - mem["grads"][i]) / mb,
+                 (mem[False][i] - mem["grads"][i]) / mb] for i, n in enumerate(cfg["mem_layers"])]
     summary = (
         f"Duplication task, |w| = {cfg['half'] - 1}, V = {cfg['vocab']}, length {2 * cfg['half']}, 1 layer, "
         f"d_model {cfg['d_model']}, {cfg['n_heads']} heads, bucket_size {cfg['bucket_size']}, {cfg['steps']} steps, "
@@ -238,7 +246,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         f"LSH approximation error vs rounds (causal):\n\n"
         f"{markdown_table(['n_hashes', 'trained model vectors', 'Gaussian vectors'], err_rows)}\n\n"
         f"Peak traced memory (MB) of loss+grads vs depth:\n\n"
-        f"{markdown_table(['layers', 'reversible', 'ordinary'], mem_rows)}\n\n"
+        f"{markdown_table(MEM_HEADER, mem_rows)}\n\n"
         f"Causal LSH, one token changed at a random position t (same rotations): earlier logits changed in "
         f"{100 * leak_any:.1f}% of sequences, {100 * leak_frac:.2f}% of earlier positions.")
     metrics = {f"acc_{tr}_eval_{ev}": float(np.mean(acc[(tr, ev)])) for tr in TRAIN_ROUNDS for ev in EVAL_ROUNDS}
@@ -246,6 +254,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     metrics.update({f"err_gauss_{k}": err_gauss[k] for k in rounds})
     metrics.update({f"mem_rev_{n}": float(mem[True][i]) for i, n in enumerate(cfg["mem_layers"])})
     metrics.update({f"mem_std_{n}": float(mem[False][i]) for i, n in enumerate(cfg["mem_layers"])})
+    metrics.update({f"mem_grads_{n}": float(mem["grads"][i]) for i, n in enumerate(cfg["mem_layers"])})
     metrics.update(causal_leak_sequences=leak_any, causal_leak_positions=leak_frac, train_seconds=train_seconds,
                    seconds=time.perf_counter() - t0)
     return ExperimentResult(NAME, TITLE, summary, [fig1, fig2], metrics)

@@ -64,8 +64,7 @@ def chunked_backward(dy, cache: ChunkedCache):
 
     dy: (..., T, D_out). Returns (dx (..., T, D), {param name: grad summed over chunks}).
     """
-    if not isinstance(cache, ChunkedCache):
-        validate.fail("cache", "the ChunkedCache returned by chunked_forward", type(cache).__name__)
+    validate.cache(cache, ChunkedCache, "chunked_forward")
     dy = validate.float_array(dy, "dy", min_ndim=2)
     if dy.shape[:-1] != cache.x.shape[:-1]:
         validate.fail("dy", f"shape {cache.x.shape[:-1]} + (D_out,)", dy.shape)

@@ -78,8 +78,7 @@ def lsh_self_attention_forward(x, params, *, prefix, n_heads, attention="lsh", r
 def lsh_self_attention_backward(dy, cache: AttentionLayerCache):
     """Backward of lsh_self_attention_forward: output projection, the core's backward, the two input
     projections (their dx summed), the layer norm. Returns (dx, grads dict)."""
-    if not isinstance(cache, AttentionLayerCache):
-        validate.fail("cache", "the AttentionLayerCache of lsh_self_attention_forward", type(cache).__name__)
+    validate.cache(cache, AttentionLayerCache, "lsh_self_attention_forward")
     p = cache.prefix
     dmerged, dwo, _ = linear_backward(dy, cache.o)
     core_backward = lsh_attention_backward if cache.attention == "lsh" else shared_qk_attention_backward
@@ -110,8 +109,7 @@ def feed_forward_forward(x, params, *, prefix, eps=1e-5):
 
 def feed_forward_backward(dy, cache: FeedForwardCache):
     """Backward of feed_forward_forward. Returns (dx, grads dict)."""
-    if not isinstance(cache, FeedForwardCache):
-        validate.fail("cache", "the FeedForwardCache of feed_forward_forward", type(cache).__name__)
+    validate.cache(cache, FeedForwardCache, "feed_forward_forward")
     p = cache.prefix
     dg, dw2, db2 = linear_backward(dy, cache.l2)
     da = gelu_backward(dg, cache.act)

@@ -240,8 +240,7 @@ def lsh_attention_forward(qk, v, rotations, *, bucket_size, causal=False, scale=
 
 
 def _check_cache(cache) -> None:
-    if not isinstance(cache, LSHCache):
-        validate.fail("cache", "the LSHCache returned by lsh_attention_forward", type(cache).__name__)
+    validate.cache(cache, LSHCache, "lsh_attention_forward")
     b, h, n_pad, _ = cache.qk.shape
     r, m = cache.n_hashes, cache.bucket_size
     if (cache.perm.shape != (b, h, r * n_pad) or cache.w.shape != (b, h, r, n_pad)
@@ -352,7 +351,6 @@ def shared_qk_attention_forward(qk, v, *, causal=False, scale=None, self_penalty
 def shared_qk_attention_backward(dout, cache: SharedQKCache):
     """Backward of shared_qk_attention_forward: the reference backward gives dq and dk_hat; the key's
     normalisation is undone and both land on the shared qk. Returns (dqk, dv)."""
-    if not isinstance(cache, SharedQKCache):
-        validate.fail("cache", "the SharedQKCache returned by shared_qk_attention_forward", type(cache).__name__)
+    validate.cache(cache, SharedQKCache, "shared_qk_attention_forward")
     dq, dk_hat, dv, _ = attention_backward(dout, cache.attn)
     return dq + _normalise_backward(dk_hat, cache.k_hat, cache.norm), dv

@@ -72,8 +72,7 @@ class ReformerConfig:
         if self.n_buckets is not None and (validate.integer(self.n_buckets, "n_buckets", low=2) % 2):
             validate.fail("n_buckets", "an even number", self.n_buckets)
         for name in ("causal", "dedup", "reversible"):
-            if not isinstance(getattr(self, name), bool):
-                validate.fail(name, "a bool", repr(getattr(self, name)))
+            validate.flag(getattr(self, name), name)
         validate.integer(self.ff_chunk, "ff_chunk", low=2)
         validate.positive(self.ln_eps, "ln_eps")
 
@@ -82,6 +81,32 @@ def _check_config(config) -> ReformerConfig:
     if not isinstance(config, ReformerConfig):
         validate.fail("config", "a ReformerConfig", type(config).__name__)
     return config
+
+
+def param_shapes(config: ReformerConfig) -> dict[str, tuple]:
+    """Name -> shape of every parameter."""
+    config = _check_config(config)
+    d, f, v = config.d_model, config.d_ff, config.vocab_size
+    shapes = {"tok_emb": (v, d), "pos_emb": (config.max_len, d), "lm_head": (2 * d, v),
+              "ln_f.weight": (2 * d,), "ln_f.bias": (2 * d,)}
+    for i in range(config.n_layers):
+        a, m = f"blocks.{i}.attn", f"blocks.{i}.ff"
+        shapes.update({f"{a}.ln.weight": (d,), f"{a}.ln.bias": (d,), f"{a}.wqk": (d, d), f"{a}.wv": (d, d),
+                       f"{a}.wo": (d, d), f"{m}.ln.weight": (d,), f"{m}.ln.bias": (d,), f"{m}.w1": (d, f),
+                       f"{m}.b1": (f,), f"{m}.w2": (f, d), f"{m}.b2": (d,)})
+    return shapes
+
+
+def _check_params(params, config) -> np.dtype:
+    if not isinstance(params, dict):
+        validate.fail("params", "a dict name -> array", type(params).__name__)
+    dtype = None
+    for name, shape in param_shapes(config).items():
+        if name not in params:
+            validate.fail("params", f"a key {name!r}", "none")
+        a = validate.float_array(params[name], f"params[{name!r}]", shape=shape, dtype=dtype)
+        dtype = a.dtype
+    return dtype
 
 
 def init_params(config: ReformerConfig, rng, dtype=np.float64, std=0.02) -> dict[str, np.ndarray]:
@@ -160,7 +185,7 @@ def forward(params, config, tokens, *, rng=None, rotations=None, n_hashes=None, 
     if not 1 <= t <= config.max_len:
         validate.fail("tokens", f"1 to max_len={config.max_len} positions", t)
     attention = config.attention if attention is None else validate.option(attention, "attention", ATTENTIONS)
-    dtype = params["tok_emb"].dtype
+    dtype = _check_params(params, config)
     if attention == "lsh" and rotations is None:
         rotations = draw_rotations(config, t, validate.rng(rng), n_hashes=n_hashes, dtype=dtype)
     if attention == "full":
@@ -180,8 +205,7 @@ def forward(params, config, tokens, *, rng=None, rotations=None, n_hashes=None, 
 
 def backward(dlogits, cache: ReformerCache) -> dict[str, np.ndarray]:
     """Gradients of every parameter from dlogits (B, T, V)."""
-    if not isinstance(cache, ReformerCache):
-        validate.fail("cache", "the ReformerCache returned by forward", type(cache).__name__)
+    validate.cache(cache, ReformerCache, "forward")
     dz, dhead, _ = linear_backward(dlogits, cache.head)
     dcat, dlw, dlb = layer_norm_backward(dz, cache.ln_f)
     d = dcat.shape[-1] // 2

@@ -108,8 +108,7 @@ def reversible_backward(dy, cache: ReversibleCache):
     dy: (dy1, dy2) like the outputs. Returns {"x1": dx1, "x2": dx2, **parameter gradients} (a
     parameter used by several blocks gets the sum).
     """
-    if not isinstance(cache, ReversibleCache):
-        validate.fail("cache", "the ReversibleCache returned by reversible_forward", type(cache).__name__)
+    validate.cache(cache, ReversibleCache, "reversible_forward")
     if not isinstance(dy, (tuple, list)) or len(dy) != 2:
         validate.fail("dy", "a pair (dy1, dy2)", type(dy).__name__)
     dy1 = validate.array(dy[0], "dy[0]", shape=cache.y1.shape, dtype=cache.y1.dtype)
@@ -153,8 +152,7 @@ def residual_stack_forward(x1, x2, blocks):
 def residual_stack_backward(dy, cache: ResidualStackCache):
     """Backward of residual_stack_forward from the stored caches (the chain rule of eq. 7, no
     recomputation). Returns {"x1", "x2", **parameter gradients} like reversible_backward."""
-    if not isinstance(cache, ResidualStackCache):
-        validate.fail("cache", "the ResidualStackCache returned by residual_stack_forward", type(cache).__name__)
+    validate.cache(cache, ResidualStackCache, "residual_stack_forward")
     if not isinstance(dy, (tuple, list)) or len(dy) != 2:
         validate.fail("dy", "a pair (dy1, dy2)", type(dy).__name__)
     dy1 = validate.float_array(dy[0], "dy[0]", shape=cache.shape)

@@ -106,3 +106,9 @@ def test_float32_and_bad_inputs(rng):
         rf.forward(params, config, np.zeros((1, 4), dtype=int), rotations=[])
     with pytest.raises(ValueError, match="cache"):
         rf.backward(logits, tuple(cache))
+    with pytest.raises(ValueError, match="params"):
+        rf.forward({k: v for k, v in params.items() if k != "lm_head"}, config, np.zeros((1, 4), dtype=int), rng=rng)
+    with pytest.raises(ValueError, match="params"):
+        rf.forward({**params, "lm_head": params["lm_head"].astype(np.float64)}, config, np.zeros((1, 4), dtype=int),
+                   rng=rng)
+    assert sorted(rf.param_shapes(config)) == sorted(params)

@@ -31,4 +31,5 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch):
     assert res.metrics["err_gauss_8"] < res.metrics["err_gauss_1"]         # more rounds, closer to full attention
     assert res.metrics["mem_std_2"] > res.metrics["mem_rev_2"]
     assert 0.0 <= res.metrics["causal_leak_positions"] <= res.metrics["causal_leak_sequences"] <= 1.0
+    assert res.metrics["causal_leak_full_control"] == 0.0                  # full causal attention never leaks
     assert "| trained \\ evaluated |" in res.summary

@@ -125,34 +125,42 @@ def _build_tables(x_codes, G, base, values, table):
                 span *= base
 
 
-@njit(cache=True, parallel=True)
-def _lut_accumulate_parallel(table, data, acc, j_block):
-    """acc[j, m] = sum_b T[b, data[b, j], m]: one table lookup and one integer addition per byte (G weights).
-    Threads take blocks of outputs; within a block, group b's table (<= 256 entries) stays in L1 while the
-    block's bytes of row b stream past it."""
-    n_groups, d_out = data.shape
-    M = table.shape[2]
-    for jb in prange((d_out + j_block - 1) // j_block):
-        j0 = jb * j_block
-        j1 = min(d_out, j0 + j_block)
-        for b in range(n_groups):
-            for j in range(j0, j1):
-                v = data[b, j]
-                for m in range(M):
-                    acc[j, m] += table[b, v, m]
-
-
 @njit(cache=True)
-def _lut_accumulate_serial(table, data, acc):
-    """The same sum on one thread. Threads pay off only for large products (a parallel region costs tens of
-    microseconds to start, far more on a busy machine), so small ones (decoding a small model) run here."""
-    n_groups, d_out = data.shape
+def _accumulate_block(table, data, acc, j0, j1):
+    """acc[j, m] += sum_b T[b, data[b, j], m] for outputs j0 <= j < j1: one table lookup and one integer addition
+    per byte (G weights). Row b of ``data`` streams past group b's table (<= 256 entries, in L1). For one token the
+    groups are taken four at a time (one read-modify-write of acc[j] per four lookups: ~3x faster)."""
+    n_groups = data.shape[0]
     M = table.shape[2]
-    for b in range(n_groups):
-        for j in range(d_out):
+    start = 0
+    if M == 1:
+        start = n_groups - n_groups % 4
+        for b in range(0, start, 4):
+            for j in range(j0, j1):
+                acc[j, 0] += (np.int32(table[b, data[b, j], 0]) + np.int32(table[b + 1, data[b + 1, j], 0])
+                              + np.int32(table[b + 2, data[b + 2, j], 0]) + np.int32(table[b + 3, data[b + 3, j], 0]))
+    for b in range(start, n_groups):
+        for j in range(j0, j1):
             v = data[b, j]
             for m in range(M):
                 acc[j, m] += table[b, v, m]
+
+
+@njit(cache=True, parallel=True)
+def _lut_accumulate_parallel(table, data, acc, j_block):
+    """Threads take blocks of outputs."""
+    d_out = data.shape[1]
+    for jb in prange((d_out + j_block - 1) // j_block):
+        _accumulate_block(table, data, acc, jb * j_block, min(d_out, (jb + 1) * j_block))
+
+
+@njit(cache=True)
+def _lut_accumulate_serial(table, data, acc, j_block):
+    """The same on one thread. Threads pay off only for large products (a parallel region costs tens of
+    microseconds to start, far more on a busy machine), so small ones (decoding a small model) run here."""
+    d_out = data.shape[1]
+    for j0 in range(0, d_out, j_block):
+        _accumulate_block(table, data, acc, j0, min(d_out, j0 + j_block))
 
 
 _PARALLEL_MIN_LOOKUPS = 1 << 22
@@ -168,10 +176,8 @@ def ternary_matmul_int(x_codes, packed: PackedTernary) -> np.ndarray:
     table = np.empty((n_groups, base ** G, M), np.int16)
     _build_tables(x_codes, G, base, _digit_values(packed.fmt), table)
     acc = np.zeros((packed.d_out, M), np.int32)
-    if n_groups * packed.d_out * M >= _PARALLEL_MIN_LOOKUPS:
-        _lut_accumulate_parallel(table, packed.data, acc, max(64, 2048 // M))
-    else:
-        _lut_accumulate_serial(table, packed.data, acc)
+    kernel = _lut_accumulate_parallel if n_groups * packed.d_out * M >= _PARALLEL_MIN_LOOKUPS else _lut_accumulate_serial
+    kernel(table, packed.data, acc, max(64, 2048 // M))
     return np.ascontiguousarray(acc.T)
 
 

@@ -58,10 +58,11 @@ def test_integer_product_is_exact(rng, fmt, M):
 def test_serial_and_parallel_kernels_agree(rng, monkeypatch, threads):
     import scratch_transformers.matmulfree.ternary_kernel as tk
     monkeypatch.setattr(tk, "_PARALLEL_MIN_LOOKUPS", 0 if threads == "parallel" else 1 << 62)
-    codes = codes_of(rng, 301, 700)
-    x = rng.integers(-128, 128, size=(3, 301)).astype(np.int8)
-    for fmt in ("2bit", "base3"):
-        np.testing.assert_array_equal(ternary_matmul_int(x, pack_ternary(codes, fmt)), x.astype(np.int64) @ codes)
+    codes = codes_of(rng, 301, 700)                                # 76 / 61 groups: not multiples of 4
+    for M in (1, 3):                                                # M = 1 takes groups four at a time
+        x = rng.integers(-128, 128, size=(M, 301)).astype(np.int8)
+        for fmt in ("2bit", "base3"):
+            np.testing.assert_array_equal(ternary_matmul_int(x, pack_ternary(codes, fmt)), x.astype(np.int64) @ codes)
 
 
 @pytest.mark.parametrize("fmt", ["2bit", "base3"])

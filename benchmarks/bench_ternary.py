@@ -28,6 +28,26 @@ from scratch_transformers.matmulfree.ternary_kernel import pack_ternary, ternary
 DEFAULT_SIZES = ("1024x1024x1", "4096x4096x1", "16384x4096x1", "4096x4096x8", "16384x4096x8")
 
 
+def set_threads(n: int) -> str:
+    """Use n threads in numba and (best effort, through its C API) in NumPy's OpenBLAS; returns what was set.
+    On a machine busy with other jobs a 2-thread region waits for its slowest thread: 1 thread each is fairer."""
+    import ctypes
+
+    from numba import set_num_threads
+    set_num_threads(n)
+    try:
+        libs = sorted({line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()})
+        for lib in libs:
+            cdll = ctypes.CDLL(lib)
+            for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+                if hasattr(cdll, sym):
+                    getattr(cdll, sym)(n)
+                    return f"numba and OpenBLAS ({sym}) set to {n} thread(s)"
+    except OSError:
+        pass
+    return f"numba set to {n} thread(s); OpenBLAS threads unchanged (no C API found)"
+
+
 def copy_bandwidth(repeats: int, n_bytes: int = 512 << 20) -> float:
     """Median (read + write) bytes per second of np.copyto on a buffer far larger than the caches."""
     src = np.ones(n_bytes // 4, np.float32)
@@ -81,7 +101,13 @@ def main(argv=None):
     ap.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="d_out x d_in x M, e.g. 4096x4096x1")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for numba and OpenBLAS (default: leave both as they are)")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads: expected an integer >= 1")
+        print(set_threads(args.threads))
     rng = np.random.default_rng(args.seed)
     sizes = []
     for s in args.sizes:

@@ -217,13 +217,16 @@ def lsh_attention_forward(qk, v, rotations, *, bucket_size, causal=False, scale=
     visible = (kpos[..., None, :] < n) | (qpos[..., :, None] >= n)     # real queries skip padding keys
     if causal:
         visible &= kpos[..., None, :] <= qpos[..., :, None]            # +inf when key after query
-    s = np.where(visible, s, -np.inf)
+    np.copyto(s, dt.type(-np.inf), where=~visible)
+    del same, visible
     # Per-round softmax and log-sum-exp z_r (eq. 15); the own position is always visible, so rows
-    # are never empty.
+    # are never empty. In place (s becomes p): the (C, m, 2m) arrays are this op's memory.
     mx = np.max(s, axis=-1, keepdims=True)                             # (B, H, C, m, 1)
-    e = np.exp(s - mx)
-    ell = np.sum(e, axis=-1, keepdims=True)
-    p = e / ell                                                        # (B, H, C, m, 2m)
+    s -= mx
+    np.exp(s, out=s)
+    ell = np.sum(s, axis=-1, keepdims=True)
+    s /= ell
+    p = s                                                              # (B, H, C, m, 2m)
     z = (mx + np.log(ell))[..., 0]                                     # (B, H, C, m)
     o_sorted = p @ vv                                                  # (B, H, C, m, dv)
 
@@ -289,7 +292,9 @@ def lsh_attention_backward(dout, cache: LSHCache):
     dvv = _t(a) @ do_s                                                 # (B, H, C, 2m, dv)
     dp = do_s @ _t(vv)                                                 # (B, H, C, m, 2m)
     d_row = np.sum(do_s * o_s, axis=-1, keepdims=True)                 # (B, H, C, m, 1)
-    ds = a * (dp - d_row)
+    dp -= d_row
+    dp *= a
+    ds = dp                                                            # a (dp - D), in place
     dsq = dt.type(cache.scale) * (ds @ kk)                             # (B, H, C, m, d)
     dkk = dt.type(cache.scale) * (_t(ds) @ sq)                         # (B, H, C, 2m, d)
 

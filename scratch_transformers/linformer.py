@@ -107,6 +107,21 @@ def init_projection(rng, shape, dtype=np.float64) -> np.ndarray:
     return (rng.standard_normal(shape) / math.sqrt(k_proj)).astype(dtype)
 
 
+def cumulative_singular_values(p) -> np.ndarray:
+    """The spectrum analysis of §3 (Figure 1): for each context-mapping matrix P (..., n, n) the
+    normalised cumulative singular values c(t) = sum_{i<=t} sigma_i / sum_i sigma_i, t = 1..n (the
+    paper does not write the normalisation out; this is the natural reading). c(t) near 1 for t << n
+    means P is close to rank t (Eckart-Young-Mirsky, eq. 6). Rejects non-finite input (an SVD
+    analysis cannot propagate NaN meaningfully). Returns (..., n) float64.
+    """
+    p = validate.float_array(p, "p", min_ndim=2, finite=True)
+    if p.shape[-1] != p.shape[-2] or p.shape[-1] < 1:
+        validate.fail("p", "square matrices (..., n, n)", p.shape)
+    sigma = np.linalg.svd(p.astype(np.float64), compute_uv=False)              # (..., n) descending
+    total = sigma.sum(axis=-1, keepdims=True)
+    return np.cumsum(sigma, axis=-1) / np.where(total > 0, total, 1.0)
+
+
 def _check_projection(x, name, h, n_keys, dtype):
     x = validate.array(x, name, dtype=dtype)
     if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[0] != h):
@@ -127,9 +142,7 @@ def linformer_attention_forward(q, k, v, E, F, *, scale=None, causal=False, caus
     causal_alignment is accepted for the multi-head layer's interface and unused.
     Returns out (B, H, Nq, dv) and a LinformerCache.
     """
-    if not isinstance(causal, (bool, np.bool_)):
-        validate.fail("causal", "a bool", repr(causal))
-    if causal:
+    if validate.flag(causal, "causal"):
         raise ValueError(f"causal: {NOT_CAUSAL}")
     q = validate.float_array(q, "q", ndim=4)
     b, h, n_q, d = q.shape
@@ -168,10 +181,24 @@ def linformer_attention_forward(q, k, v, E, F, *, scale=None, causal=False, caus
     return out, LinformerCache(q, k, v, e, f, kp, vp, p, out, keep, float(scale), E.shape[-1])
 
 
-def _sum_to_projection(g, like):
-    """Sum a (B, H, k_proj, N) product over the batch (and heads when E is shared) to E's shape."""
-    g = g.sum(axis=0)                                                          # (H, k_proj, N)
-    return g.sum(axis=0) if like.ndim == 2 else g
+def _projection_grad(dxp, x, like):
+    """dE = sum over the batch (and the heads when E is shared) of dxp x^T, as one matrix product per E:
+    dxp (B, H, k_proj, d), x (B, H, N, d) -> (k_proj, N), or (H, k_proj, N) for one E per head. Never forms
+    the (B, H, k_proj, N) products (their sum is all that is needed)."""
+    b, h, k_proj, d = dxp.shape
+    n = x.shape[2]
+    if like.ndim == 2:                                                         # contract over (b, h, c)
+        return dxp.transpose(2, 0, 1, 3).reshape(k_proj, b * h * d) @ x.transpose(0, 1, 3, 2).reshape(b * h * d, n)
+    return dxp.transpose(1, 2, 0, 3).reshape(h, k_proj, b * d) @ x.transpose(1, 0, 3, 2).reshape(h, b * d, n)
+
+
+def _full_columns(g, n_proj):
+    """Gradient of the used first N columns -> gradient of the whole (.., k_proj, n) matrix (0 beyond N)."""
+    if g.shape[-1] == n_proj:
+        return g
+    full = np.zeros(g.shape[:-1] + (n_proj,), dtype=g.dtype)
+    full[..., :g.shape[-1]] = g
+    return full
 
 
 def linformer_attention_backward(dout, cache: LinformerCache) -> LinformerGrads:
@@ -185,25 +212,22 @@ def linformer_attention_backward(dout, cache: LinformerCache) -> LinformerGrads:
     dE, dF have E's and F's full shapes; columns beyond the sequence length get 0. When E and F are
     one matrix (kv or layerwise sharing) its gradient is dE + dF, summed by the caller.
     """
-    if not isinstance(cache, LinformerCache):
-        validate.fail("cache", "the LinformerCache returned by linformer_attention_forward", type(cache).__name__)
+    validate.cache(cache, LinformerCache, "linformer_attention_forward")
     dout = validate.array(dout, "dout", shape=cache.out.shape, dtype=cache.out.dtype)
     q, k, v, e, f, kp, vp, p, out, keep, scale, n_proj = cache
     t = q.dtype.type
     dvp = p.swapaxes(-1, -2) @ dout                                            # (B, H, k_proj, dv)
-    dp = dout @ vp.swapaxes(-1, -2)                                            # (B, H, Nq, k_proj)
-    d_row = np.sum(dout * out, axis=-1, keepdims=True)                         # (B, H, Nq, 1)
-    da = p * (dp - d_row)                                                      # softmax Jacobian
-    dq = t(scale) * (da @ kp)                                                  # (B, H, Nq, d)
+    da = dout @ vp.swapaxes(-1, -2)                                            # dP_bar (B, H, Nq, k_proj)
+    da -= np.sum(dout * out, axis=-1, keepdims=True)                           # - D_i, D = rowsum(dO o O)
+    da *= p                                                                    # dA = P_bar o (dP_bar - D)
+    dq = da @ kp                                                               # (B, H, Nq, d)
+    dq *= t(scale)
     dkp = t(scale) * (da.swapaxes(-1, -2) @ q)                                 # (B, H, k_proj, d)
     dk = e.swapaxes(-1, -2) @ dkp                                              # (B, H, N, d)
     dv = f.swapaxes(-1, -2) @ dvp                                              # (B, H, N, dv)
     if keep is not None:
         dk = np.where(keep, dk, 0).astype(q.dtype, copy=False)
         dv = np.where(keep, dv, 0).astype(q.dtype, copy=False)
-    n = k.shape[2]
-    dE = np.zeros(e.shape[:-1] + (n_proj,), dtype=q.dtype)
-    dF = np.zeros(f.shape[:-1] + (n_proj,), dtype=q.dtype)
-    dE[..., :n] = _sum_to_projection(dkp @ k.swapaxes(-1, -2), e)              # (.., k_proj, N)
-    dF[..., :n] = _sum_to_projection(dvp @ v.swapaxes(-1, -2), f)
+    dE = _full_columns(_projection_grad(dkp, k, e), n_proj)                    # sum_b(,h) dKp K^T (.., k_proj, n)
+    dF = _full_columns(_projection_grad(dvp, v, f), n_proj)                    # sum_b(,h) dVp V^T
     return LinformerGrads(dq, dk, dv, None, dE, dF)

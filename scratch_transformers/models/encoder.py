@@ -47,7 +47,7 @@ from ..core import validate
 from ..core.functional import gelu_backward, gelu_forward
 from ..core.layers import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
                            embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
-                           linear_backward, linear_forward, project_backward, project_forward)
+                           add_grads, linear_backward, linear_forward, project_backward, project_forward)
 from ..linformer import SHARING, init_projection, projection_names, projection_shapes
 from .masking import IGNORE, mask_tokens  # noqa: F401  (part of this module's API)
 
@@ -96,8 +96,7 @@ class EncoderConfig:
         elif self.proj_k is not None:
             validate.fail("proj_k", "None unless attention='linformer'", self.proj_k)
         validate.real(self.rope_base, "rope_base", low=1.0, low_open=True)
-        if not isinstance(self.tie_embeddings, (bool, np.bool_)):
-            validate.fail("tie_embeddings", "a bool", repr(self.tie_embeddings))
+        validate.flag(self.tie_embeddings, "tie_embeddings")
         validate.positive(self.ln_eps, "ln_eps")
         if self.positions == "rope" and self.head_dim % 2:
             validate.fail("d_model", "an even head dimension d_model / n_heads for rope", self.head_dim)
@@ -275,10 +274,8 @@ def _encode(params, config, x, c_emb, padding_mask, rng, training, linears, retu
         validate.fail("tokens", f"between 1 and max_len={config.max_len} positions", T)
     if padding_mask is not None:
         padding_mask = validate.bool_array(padding_mask, "padding_mask", shape=(B, T))
-    if not isinstance(training, (bool, np.bool_)):
-        validate.fail("training", "a bool", repr(training))
-    if not isinstance(return_hidden, (bool, np.bool_)):
-        validate.fail("return_hidden", "a bool", repr(return_hidden))
+    validate.flag(training, "training")
+    validate.flag(return_hidden, "return_hidden")
     if linears is not None and not isinstance(linears, dict):
         validate.fail("linears", "a dict weight name -> linear object", type(linears).__name__)
     p_drop = config.dropout if training else 0.0
@@ -328,11 +325,6 @@ def _encode(params, config, x, c_emb, padding_mask, rng, training, linears, retu
     return out, cache
 
 
-def _add(total: dict, new: dict) -> None:
-    for k, g in new.items():
-        total[k] = total[k] + g if k in total else g
-
-
 def backward_inputs(dout, cache: EncoderCache):
     """Gradient with respect to the input embeddings X (B, T, D) and the parameters' gradients.
 
@@ -340,41 +332,40 @@ def backward_inputs(dout, cache: EncoderCache):
     For a forward from tokens, X = E[tokens] and the grads dict has no 'tok_emb' entry from the
     input side (backward() adds it); for forward_embeddings, dX is what a soft prompt is trained on.
     """
-    if not isinstance(cache, EncoderCache):
-        validate.fail("cache", "the EncoderCache returned by forward / forward_embeddings", type(cache).__name__)
+    validate.cache(cache, EncoderCache, "forward / forward_embeddings")
     dout = validate.array(dout, "dout", shape=cache.out_shape, dtype=cache.dtype)
     grads: dict = {}
     dhf = dout
     if cache.head is not None:
         if cache.tied:
             dhf, dw, db = linear_backward(dout, cache.head)                        # dw = d(E^T): (D, V)
-            _add(grads, {"tok_emb": dw.T, "mlm_head.b": db})
+            add_grads(grads, {"tok_emb": dw.T, "mlm_head.b": db})
         else:
             dhf, g = project_backward(dout, cache.head)
-            _add(grads, g)
+            add_grads(grads, g)
     dh, dw, db = layer_norm_backward(dhf, cache.ln_f)                             # (B, T, D)
-    _add(grads, {"ln_f.weight": dw, "ln_f.bias": db})
+    add_grads(grads, {"ln_f.weight": dw, "ln_f.bias": db})
     for i in reversed(range(len(cache.blocks))):
         c = cache.blocks[i]
         p = f"blocks.{i}."
         dg, g = project_backward(dropout_backward(dh, c.drop_mlp), c.fc2)
-        _add(grads, g)
+        add_grads(grads, g)
         da2, g = project_backward(gelu_backward(dg, c.gelu), c.fc1)
-        _add(grads, g)
+        add_grads(grads, g)
         dres, dw, db = layer_norm_backward(da2, c.ln2)
-        _add(grads, {p + "ln2.weight": dw, p + "ln2.bias": db})
+        add_grads(grads, {p + "ln2.weight": dw, p + "ln2.bias": db})
         dh = dh + dres                                                            # residual: skip + branch
         da, g = mha_backward(dropout_backward(dh, c.drop_attn), c.attn)
-        _add(grads, g)
+        add_grads(grads, g)
         dres, dw, db = layer_norm_backward(da, c.ln1)
-        _add(grads, {p + "ln1.weight": dw, p + "ln1.bias": db})
+        add_grads(grads, {p + "ln1.weight": dw, p + "ln1.bias": db})
         dh = dh + dres
     dh = dropout_backward(dh, cache.drop_emb)                                     # dL/dh_0 (B, T, D)
     if cache.learned_pos is not None:
         t, max_len, d = cache.learned_pos
         dpos = np.zeros((max_len, d), dtype=cache.dtype)
         dpos[:t] = dh.sum(axis=0)                                                 # positions shared over the batch
-        _add(grads, {"pos_emb": dpos})
+        add_grads(grads, {"pos_emb": dpos})
     return dh, grads                                                              # h_0 = X + P: dX = dh_0
 
 
@@ -383,7 +374,7 @@ def backward(dout, cache: EncoderCache) -> dict[str, np.ndarray]:
     overrides' keys instead of the weights they replace). Reverse of forward, op by op."""
     dx, grads = backward_inputs(dout, cache)
     if cache.emb is not None:
-        _add(grads, {"tok_emb": embedding_backward(dx, cache.emb)})
+        add_grads(grads, {"tok_emb": embedding_backward(dx, cache.emb)})
     return grads
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from ..core import validate
 from ..core.layers import rms_norm_forward
@@ -176,8 +176,12 @@ def ternary_matmul_int(x_codes, packed: PackedTernary) -> np.ndarray:
     table = np.empty((n_groups, base ** G, M), np.int16)
     _build_tables(x_codes, G, base, _digit_values(packed.fmt), table)
     acc = np.zeros((packed.d_out, M), np.int32)
-    kernel = _lut_accumulate_parallel if n_groups * packed.d_out * M >= _PARALLEL_MIN_LOOKUPS else _lut_accumulate_serial
-    kernel(table, packed.data, acc, max(64, 2048 // M))
+    # One block of outputs per thread: every block walks all the tables (M x 0.5 KB per group), so more blocks
+    # would read the tables again (4 MB at d_in = 4096, M = 8)
+    if n_groups * packed.d_out * M >= _PARALLEL_MIN_LOOKUPS:
+        _lut_accumulate_parallel(table, packed.data, acc, max(64, -(-packed.d_out // get_num_threads())))
+    else:
+        _lut_accumulate_serial(table, packed.data, acc, packed.d_out)
     return np.ascontiguousarray(acc.T)
 
 

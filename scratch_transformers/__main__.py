@@ -5,6 +5,7 @@
     experiment NAME           one experiment (--size quick|full)
     bench NAME [ARGS...]      one benchmark from benchmarks/bench_NAME.py (ratios measured in one run)
     list                      what exists: experiments, benchmarks, registered ops
+    exercise list|start|check write a backward yourself and check it (scratch_transformers.exercises)
 """
 
 from __future__ import annotations
@@ -234,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list experiments, benchmarks and registered ops")
     p.set_defaults(func=cmd_list)
+
+    from .exercises.cli import add_parser as add_exercise_parser
+
+    add_exercise_parser(sub)
     return parser
 
 

@@ -30,6 +30,8 @@ class Op:
     backward(dy, cache) -> {name: grad} or a tuple in the order of ``wrt``.
     make_inputs(rng) -> dict of small inputs (float64 for the differentiated ones).
     covers: qualified names of the ``*_backward`` functions this entry exercises.
+    hard_inputs: optional ((label, maker(rng) -> inputs), ...) with the keys of make_inputs and other sizes or
+    masks (odd sizes, length 1, masked rows), run by ``exercise check`` after the sample inputs.
     """
 
     name: str
@@ -42,6 +44,8 @@ class Op:
     eps: float = 1e-6
     max_entries: int | None = None
     note: str = field(default="", compare=False)
+    # optional extra input sets for `exercise check` (odd sizes, length 1, masked rows): ((label, maker(rng)), ...)
+    hard_inputs: tuple = field(default=(), compare=False)
 
     def run(self, rng: np.random.Generator) -> GradcheckResult:
         return gradcheck(self.forward, self.backward, self.make_inputs(rng), wrt=self.wrt,

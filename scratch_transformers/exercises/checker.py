@@ -268,8 +268,9 @@ def attempt_from_file(path, name: str | None = None) -> Attempt:
     return Attempt(ex, user, forward, Path(path))
 
 
-def check(attempt: Attempt, *, hard: bool = True, entries: int | None = None, out=sys.stdout) -> bool:
+def check(attempt: Attempt, *, hard: bool = True, entries: int | None = None, out=None) -> bool:
     """Run every input set, print the report, return True when every input gradient of every set passes."""
+    out = out or sys.stdout
     ex = attempt.ex
     print(f"exercise {ex.name}: {ex.backward_name}  (float64, tol {ex.op.tol:g}; rel err = max|diff| / max|grad|)",
           file=out)
@@ -304,8 +305,9 @@ def check(attempt: Attempt, *, hard: bool = True, entries: int | None = None, ou
     return passed
 
 
-def check_file(path, *, name: str | None = None, hard: bool = True, entries: int | None = None, out=sys.stdout) -> int:
+def check_file(path, *, name: str | None = None, hard: bool = True, entries: int | None = None, out=None) -> int:
     """Exit status of ``exercise check``: 0 when every input passes, 1 otherwise (2 for an unusable file)."""
+    out = out or sys.stdout
     from .kernels import KERNELS, check_kernel_file
 
     try:

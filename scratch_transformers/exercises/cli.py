@@ -12,7 +12,8 @@ from .kernels import KERNELS, difficulty, stub_text
 from .stub import Exists, start
 
 
-def cmd_list(args, out=sys.stdout) -> int:
+def cmd_list(args, out=None) -> int:
+    out = out or sys.stdout
     exercises = catalog()
     groups: dict[str, list] = {}
     for ex in exercises:
@@ -35,7 +36,8 @@ def cmd_list(args, out=sys.stdout) -> int:
     return 0
 
 
-def cmd_start(args, out=sys.stdout, err=sys.stderr) -> int:
+def cmd_start(args, out=None, err=None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     name = args.name
     if name in KERNELS:
         path = Path(args.out) if args.out else Path(f"exercise_{name}.py")
@@ -61,7 +63,8 @@ def cmd_start(args, out=sys.stdout, err=sys.stderr) -> int:
     return 0
 
 
-def cmd_check(args, out=sys.stdout) -> int:
+def cmd_check(args, out=None) -> int:
+    out = out or sys.stdout
     return check_file(Path(args.file), name=args.name, hard=not args.quick, out=out)
 
 

@@ -113,4 +113,4 @@ def diagnose(got: np.ndarray, want: np.ndarray, tol: float) -> str:
         frac = 1.0 - bad.sum() / bad.size
         return (f"a term missing or wrong: right on {frac:.0%} of the entries, wrong on {int(bad.sum())} "
                 f"(at {_where(bad)})")
-    return "wrong everywhere, with no constant factor: compare each term with the derivation"
+    return "wrong everywhere, with no constant factor: a term missing or wrong (compare each term with the derivation)"

@@ -294,6 +294,11 @@ def check(attempt: Attempt, *, hard: bool = True, entries: int | None = None, ou
                   f"{r.worst} ({r.yours:.6g} / {r.library:.6g})", file=out)
             if r.diagnosis:
                 print(f"      diagnosis: {r.diagnosis}", file=out)
+        good = [r.name for r in case.inputs if r.passed]
+        bad = [r.name for r in case.inputs if not r.passed]
+        if good and bad:
+            print(f"  right on some inputs, wrong on others: {', '.join(bad)} wrong, {', '.join(good)} right "
+                  "(look at the terms that reach only the wrong ones)", file=out)
     passed = bool(cases) and all(c.passed for c in cases)
     ok_labels = [c.label for c in cases if c.passed]
     bad_labels = [c.label for c in cases if not c.passed]

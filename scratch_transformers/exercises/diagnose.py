@@ -69,7 +69,7 @@ def _where(bad: np.ndarray) -> str:
         if 0 < used.size < size:
             shown = ", ".join(str(i) for i in used[:6]) + (", ..." if used.size > 6 else "")
             parts.append(f"axis {axis} index {shown} (of {size})")
-    return "; ".join(parts) if parts else "spread over every axis"
+    return "at " + "; ".join(parts) if parts else "spread over every axis"
 
 
 def diagnose(got: np.ndarray, want: np.ndarray, tol: float) -> str:
@@ -83,7 +83,7 @@ def diagnose(got: np.ndarray, want: np.ndarray, tol: float) -> str:
     scale = max(np.max(np.abs(want), initial=0.0), np.max(np.abs(got), initial=0.0), 1e-30)
     if not np.all(np.isfinite(got)):
         n = int(np.sum(~np.isfinite(got)))
-        return f"non-finite: {n} entries are NaN or inf (at {_where(~np.isfinite(got))})"
+        return f"non-finite: {n} entries are NaN or inf ({_where(~np.isfinite(got))})"
     if np.max(np.abs(got)) <= 1e-12 * scale:
         return "zero: the gradient is 0 everywhere, the library's is not: this input's term is missing"
     if np.max(np.abs(want)) <= 1e-12 * scale:
@@ -99,7 +99,7 @@ def diagnose(got: np.ndarray, want: np.ndarray, tol: float) -> str:
         return f"off by a constant factor {factor_name(c)}: learner / library = {c:.6g} on every entry"
     zero_ref = np.abs(want) <= 1e-14 * scale
     if bad.any() and zero_ref.any() and np.all(zero_ref[bad]) and (~zero_ref).any():
-        return (f"wrong only where the library's gradient is exactly 0 ({int(bad.sum())} entries, at {_where(bad)}): "
+        return (f"wrong only where the library's gradient is exactly 0 ({int(bad.sum())} entries, {_where(bad)}): "
                 "masked / dropped / ignored positions, is a mask ignored?")
     if bad.any() and bad.sum() < bad.size:
         for axis, size in enumerate(bad.shape):
@@ -112,5 +112,5 @@ def diagnose(got: np.ndarray, want: np.ndarray, tol: float) -> str:
                             f"column), right elsewhere")
         frac = 1.0 - bad.sum() / bad.size
         return (f"a term missing or wrong: right on {frac:.0%} of the entries, wrong on {int(bad.sum())} "
-                f"(at {_where(bad)})")
+                f"({_where(bad)})")
     return "wrong everywhere, with no constant factor: a term missing or wrong (compare each term with the derivation)"

@@ -297,7 +297,7 @@ def check(attempt: Attempt, *, hard: bool = True, entries: int | None = None, ou
         good = [r.name for r in case.inputs if r.passed]
         bad = [r.name for r in case.inputs if not r.passed]
         if good and bad:
-            print(f"  right on some inputs, wrong on others: {', '.join(bad)} wrong, {', '.join(good)} right "
+            print(f"  right on some inputs, wrong on others: wrong {', '.join(bad)}; right {', '.join(good)} "
                   "(look at the terms that reach only the wrong ones)", file=out)
     passed = bool(cases) and all(c.passed for c in cases)
     ok_labels = [c.label for c in cases if c.passed]

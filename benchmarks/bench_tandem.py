@@ -24,7 +24,7 @@ from scratch_transformers.core.measure import interleaved_seconds, median_ratio,
 from scratch_transformers.experiments.tandem import train_models
 from scratch_transformers.models import transformer as tf
 from scratch_transformers.models.speed import LargeDecoder, TandemDrafter, TransformerDecoder, speed_decode
-from scratch_transformers.tandem.speculative import predicted_speedup, speculative_decode
+from scratch_transformers.tandem.speculative import expected_tokens_per_call, predicted_speedup, speculative_decode
 
 SIZE = dict(ctx=32, batch=8, d_large=256, layers_large=6, d_small=32, layers_small=2, steps_large=150,
             steps_small=300, steps_tandem=100, steps_distil=50, gamma_train=2, prompt_len=24, n_new=64, lr=2e-3)
@@ -96,8 +96,11 @@ def main(argv=None) -> int:
     print(f"step cost: M_L {cost['M_L'] * 1e3:.2f} ms, M_S drafter {cost['M_S drafter'] * 1e3:.2f} ms "
           f"(c = {cost['M_S drafter'] / cost['M_L']:.3f}), Tandem drafter {cost['Tandem drafter'] * 1e3:.2f} ms "
           f"(c = {cost['Tandem drafter'] / cost['M_L']:.3f})")
-    print(f"\n{'method':<14}{'gamma':>6}{'tok/s':>9}{'accept':>9}{'tok/call':>10}{'speed-up':>10}{'predicted':>11}")
-    print(f"{'M_L alone':<14}{'-':>6}{n_tok / np.median(base):>9.1f}{'-':>9}{1.0:>10.2f}{1.0:>10.2f}{'-':>11}")
+    print("\ntok/call: new tokens per M_L call (SPEED counts its prefill call); eq. (1): Leviathan's expected tokens"
+          " per call from the measured acceptance; predicted: Thm 3.8 speed-up")
+    print(f"\n{'method':<14}{'gamma':>6}{'tok/s':>9}{'accept':>9}{'tok/call':>10}{'eq. (1)':>9}{'speed-up':>10}"
+          f"{'predicted':>11}")
+    print(f"{'M_L alone':<14}{'-':>6}{n_tok / np.median(base):>9.1f}{'-':>9}{1.0:>10.2f}{'-':>9}{1.0:>10.2f}{'-':>11}")
     best = {}
     for (name, g), ts in times.items():
         if name == "M_L alone":
@@ -107,7 +110,8 @@ def main(argv=None) -> int:
         calls = sum(s.target_calls for s in st)
         c = cost["Tandem drafter" if name == "SPEED" else "M_S drafter"] / cost["M_L"]
         speed = median_ratio(base, ts)
-        print(f"{name:<14}{g:>6}{n_tok / np.median(ts):>9.1f}{acc:>9.3f}{n_tok / calls:>10.2f}{speed:>10.2f}"
+        print(f"{name:<14}{g:>6}{n_tok / np.median(ts):>9.1f}{acc:>9.3f}{n_tok / calls:>10.2f}"
+              f"{expected_tokens_per_call(min(acc, 1.0), g):>9.2f}{speed:>10.2f}"
               f"{predicted_speedup(min(acc, 1.0), g, c):>11.2f}")
         if speed > best.get(name, (0, 0, 0))[0]:
             best[name] = (speed, g, acc)

@@ -14,6 +14,7 @@ from ..core.registry import Op
 from ..tandem import model
 from ..tandem.attention import block_contexts, tandem_attention_backward, tandem_attention_forward
 from ..tandem.losses import distillation_backward, distillation_forward
+from ..tandem.router import init_router, router_backward, router_forward
 
 
 def _attn_inputs(rng):
@@ -65,7 +66,18 @@ def _distil_forward(logits, teacher_logits, _rows):
     return distillation_forward(logits, teacher_logits, temperature=1.7, rows=_rows)
 
 
+def _router_inputs(rng):
+    return {"features": rng.standard_normal((3, 4, 7)), **init_router(7, 5, rng)}
+
+
+def _router_backward(dy, cache):
+    dx, grads = router_backward(dy, cache)
+    return {"features": dx, **grads}
+
+
 GRADCHECKS = [
+    Op(name="tandem.router", forward=lambda features, **p: router_forward(features, p), backward=_router_backward,
+       make_inputs=_router_inputs, covers=("scratch_transformers.tandem.router.router_backward",)),
     Op(name="tandem.attention", forward=_attn_forward, backward=_attn_backward, make_inputs=_attn_inputs,
        wrt=("a_own", "a_ml", "attn.wq", "attn.bq", "attn.wk", "attn.wv", "attn.bv", "attn.wo", "attn.bo"),
        covers=("scratch_transformers.tandem.attention.tandem_attention_backward",)),

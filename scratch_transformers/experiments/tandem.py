@@ -21,6 +21,7 @@ from ..models import transformer as tf
 from ..models.speed import TransformerDecoder, large_forward, speed_decode
 from ..tandem import losses as tandem_losses
 from ..tandem import model as tandem_model
+from ..tandem import router as tandem_router
 from ..tandem.speculative import predicted_speedup, speculative_decode
 from .common import ExperimentResult, markdown_table, savefig
 
@@ -79,6 +80,24 @@ def train_models(cfg, rng, corpus, progress=True):
     return dict(lcfg=lcfg, scfg=scfg, tcfg=tcfg, large=lp, small=sp, control=control, tandem_ce=tp_ce, tandem=tp)
 
 
+def train_router(m, corpus, cfg, rng, steps=300):
+    """The adaptive-block-length router (§3.1) on teacher-forced training windows: features of the Tandem
+    M_S's distributions, target TV(M_S, M_L) at the same position."""
+    from ..core.functional import softmax
+
+    x, _ = data.random_windows(corpus.train, rng, 32, cfg["ctx"])
+    ml_logits, states = large_forward(m["large"], m["lcfg"], x, m["tcfg"].ml_layers)
+    z, _ = tandem_model.forward(m["tandem"], m["tcfg"], x, states)
+    feats = tandem_router.router_features(z, m["tandem"]["tok_emb"]).reshape(-1, 1 + 4 + 4 * cfg["d_small"])
+    tv = (0.5 * np.abs(softmax(z) - softmax(ml_logits)).sum(-1)).reshape(-1)
+    params = tandem_router.init_router(feats.shape[1], 32, rng)
+    opt = optim.AdamW(lr=3e-3, weight_decay=0.0)
+    for _ in range(steps):
+        _, g = tandem_router.router_loss_and_grads(params, feats, tv)
+        opt.step(params, g)
+    return params
+
+
 def next_token_metrics(m, val_x, val_y):
     """Validation loss, accuracy, agreement with M_L's argmax and mean TV distance to M_L, per model."""
     from ..core.functional import softmax
@@ -98,7 +117,7 @@ def next_token_metrics(m, val_x, val_y):
     return out
 
 
-def decoding_runs(m, prompts, n_new, gammas):
+def decoding_runs(m, prompts, n_new, gammas, stop=None, gamma_max=8):
     """Greedy M_L alone vs speculative (M_S drafter) vs SPEED (Tandem M_S), same prompts, same output.
     Speed-ups are ratios of CPU seconds (process_time; BLAS single-threaded under the CLI)."""
     lp, lcfg = m["large"], m["lcfg"]
@@ -106,22 +125,26 @@ def decoding_runs(m, prompts, n_new, gammas):
     want = [tf.generate(lp, lcfg, p[None], n_new, greedy=True)[0] for p in prompts]
     t_large = time.process_time() - t0
     rows = []
-    for g in gammas:
-        for method in ("speculative, M_S drafter", "SPEED, Tandem M_S"):
-            t0, stats, same = time.process_time(), [], True
-            for p, w in zip(prompts, want):
-                if method.startswith("SPEED"):
-                    out, st = speed_decode(lp, lcfg, m["tandem"], m["tcfg"], p, n_new, gamma=g, greedy=True)
-                else:
-                    out, st = speculative_decode(TransformerDecoder(lp, lcfg), TransformerDecoder(m["control"], m["scfg"]),
-                                                 p, n_new, gamma=g, greedy=True)
-                same &= bool(np.array_equal(out, w))
-                stats.append(st)
-            sec = time.process_time() - t0
-            acc = sum(s.accepted for s in stats) / max(sum(s.tested for s in stats), 1)
-            calls = sum(s.target_calls for s in stats)
-            rows.append(dict(gamma=g, method=method, acceptance=acc, tokens_per_call=n_new * len(prompts) / calls,
-                             speedup=t_large / sec, identical=same, seconds=sec))
+    runs = [(g, method) for g in gammas for method in ("speculative, M_S drafter", "SPEED, Tandem M_S")]
+    if stop is not None:
+        runs.append((gamma_max, "SPEED, adaptive gamma"))
+    for g, method in runs:
+        t0, stats, same = time.process_time(), [], True
+        for p, w in zip(prompts, want):
+            if method.startswith("SPEED"):
+                out, st = speed_decode(lp, lcfg, m["tandem"], m["tcfg"], p, n_new, gamma=g, greedy=True,
+                                       stop_drafting=stop if method.endswith("adaptive gamma") else None)
+            else:
+                out, st = speculative_decode(TransformerDecoder(lp, lcfg), TransformerDecoder(m["control"], m["scfg"]),
+                                             p, n_new, gamma=g, greedy=True)
+            same &= bool(np.array_equal(out, w))
+            stats.append(st)
+        sec = time.process_time() - t0
+        acc = sum(s.accepted for s in stats) / max(sum(s.tested for s in stats), 1)
+        calls = sum(s.target_calls for s in stats)
+        rows.append(dict(gamma=g, method=method, acceptance=acc, tokens_per_call=n_new * len(prompts) / calls,
+                         drafts_per_call=sum(s.drafted for s in stats) / calls,
+                         speedup=t_large / sec, identical=same, seconds=sec))
     return t_large, rows
 
 
@@ -158,10 +181,13 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     metrics = next_token_metrics(m, val_x, val_y)
     starts = np.random.default_rng(7).integers(0, len(corpus.val) - cfg["prompt_len"], size=cfg["n_prompts"])
     prompts = [corpus.val[s:s + cfg["prompt_len"]].astype(np.int64) for s in starts]
-    t_large, rows = decoding_runs(m, prompts, cfg["n_new"], cfg["gammas"])
+    router = train_router(m, corpus, cfg, rng)
+    stop = tandem_router.make_stop_rule(router, m["tandem"]["tok_emb"], tau=0.8)
+    t_large, rows = decoding_runs(m, prompts, cfg["n_new"], cfg["gammas"], stop, gamma_max=8)
     c = cost_ratio(m, prompts[0])
     for r in rows:
-        r["predicted"] = predicted_speedup(min(r["acceptance"], 1.0), r["gamma"], c)
+        r["predicted"] = (float("nan") if r["method"].endswith("adaptive gamma")
+                          else predicted_speedup(min(r["acceptance"], 1.0), r["gamma"], c))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     names = list(metrics)
@@ -176,6 +202,11 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         axes[1].plot(gs, [r["acceptance"] for r in rs], "o-", color=f"C{k + 1}", label=method)
         axes[2].plot(gs, [r["speedup"] for r in rs], "o-", color=f"C{k + 1}", label=f"{method} (measured)")
         axes[2].plot(gs, [r["predicted"] for r in rs], "--", color=f"C{k + 1}", label=f"{method} (Thm 3.8, c={c:.2f})")
+    for r in rows:
+        if r["method"].endswith("adaptive gamma"):
+            axes[1].plot([r["drafts_per_call"]], [r["acceptance"]], "*", ms=12, color="C3",
+                         label=f"SPEED, adaptive gamma (router, gamma_max {r['gamma']}; x = mean drafts)")
+            axes[2].plot([r["drafts_per_call"]], [r["speedup"]], "*", ms=12, color="C3", label="SPEED, adaptive gamma")
     axes[1].set(xlabel="block length gamma (drafts per M_L call)", ylabel="acceptance rate (greedy)",
                 title="acceptance vs gamma", ylim=(0, 1.02))
     axes[2].axhline(1.0, color="k", lw=0.8, ls=":", label="M_L alone")
@@ -187,18 +218,22 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
 
     t1 = markdown_table(["model", "val loss", "accuracy", "agrees with M_L argmax", "TV to M_L"],
                         [[n, v["loss"], v["acc"], v["agree"], v["tv"]] for n, v in metrics.items()])
-    t2 = markdown_table(["gamma", "method", "acceptance", "tokens / M_L call", "speed-up", "predicted", "identical"],
-                        [[r["gamma"], r["method"], r["acceptance"], r["tokens_per_call"], r["speedup"], r["predicted"],
-                          r["identical"]] for r in rows])
+    t2 = markdown_table(["gamma (max)", "method", "acceptance", "drafts / M_L call", "tokens / M_L call", "speed-up",
+                         "predicted", "identical"],
+                        [[r["gamma"], r["method"], r["acceptance"], r["drafts_per_call"], r["tokens_per_call"],
+                          r["speedup"], r["predicted"], r["identical"]] for r in rows])
     summary = (f"{t1}\n\nGreedy decoding, {len(prompts)} prompts x {cfg['n_new']} new bytes; M_L alone "
                f"{t_large:.2f} CPU s; M_S drafter / M_L step cost ratio c = {c:.3f}\n\n{t2}\n\n"
                f"(total {time.perf_counter() - t_start:.1f} s)")
     out = {f"loss_{k}": v["loss"] for k, v in metrics.items()}
     out.update({f"agree_{k}": v["agree"] for k, v in metrics.items()})
     for r in rows:
-        tag = "speed" if r["method"].startswith("SPEED") else "spec"
-        out[f"{tag}_acceptance_g{r['gamma']}"] = r["acceptance"]
-        out[f"{tag}_speedup_g{r['gamma']}"] = r["speedup"]
-        out[f"{tag}_identical_g{r['gamma']}"] = float(r["identical"])
+        if r["method"].endswith("adaptive gamma"):
+            prefix = "adaptive_"
+            out["adaptive_drafts_per_call"] = r["drafts_per_call"]
+        else:
+            prefix = ("speed_" if r["method"].startswith("SPEED") else "spec_") + f"g{r['gamma']}_"
+        for k in ("acceptance", "speedup", "identical"):
+            out[prefix + k] = float(r[k])
     out["cost_ratio"] = c
     return ExperimentResult(NAME, TITLE, summary, [fig_path], out)

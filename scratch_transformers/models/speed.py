@@ -191,7 +191,7 @@ MODES = ("free_token", "representation_only")
 
 
 def speed_decode(large_params, large_config, tandem_params, tandem_config, prompt, n_new, *, gamma,
-                 mode="free_token", rng=None, greedy=False, temperature=1.0, top_k=None):
+                 mode="free_token", rng=None, greedy=False, temperature=1.0, top_k=None, stop_drafting=None):
     """SPEED with Tandem (arXiv 2402.08644 §3.1): Tandem's M_S drafts gamma tokens, M_L verifies them in one
     pass (Leviathan et al. Algorithm 1, ``tandem.speculative``), and that pass is also the one that gives
     M_S the M_L representations of the accepted tokens.
@@ -201,10 +201,11 @@ def speed_decode(large_params, large_config, tandem_params, tandem_config, promp
     gamma drafts and also emits its own next token (the bonus when all drafts pass). mode=
     "representation_only" (Fig. 4): M_L processes only the gamma tokens M_S consumed (the last emitted token
     and gamma - 1 drafts), so it yields representations and verdicts but no extra token.
+    stop_drafting: the adaptive block length (``tandem.router.make_stop_rule``; gamma is then the maximum).
     Returns (tokens (T0 + n_new,), SpeculativeStats) with target_calls counting the prefill call too.
     """
     greedy = validate.flag(greedy, "greedy")
-    from ..tandem.speculative import SpeculativeStats, speculative_decode
+    from ..tandem.speculative import speculative_decode
 
     validate.option(mode, "mode", MODES)
     large = LargeDecoder(large_params, large_config, tandem_config.ml_layers)
@@ -218,5 +219,6 @@ def speed_decode(large_params, large_config, tandem_params, tandem_config, promp
     if prompt.shape[0] > 1:
         large.extend(prompt[:-1], 1)                                      # M_L: the prompt but its last token
     tokens, stats = speculative_decode(large, drafter, prompt, n_new, gamma=gamma, rng=rng, greedy=greedy,
-                                       temperature=temperature, top_k=top_k, bonus=mode == "free_token")
+                                       temperature=temperature, top_k=top_k, bonus=mode == "free_token",
+                                       stop_drafting=stop_drafting)
     return tokens, stats._replace(target_calls=stats.target_calls + (prompt.shape[0] > 1))

@@ -178,7 +178,7 @@ def _check_decoder(obj, name):
 
 
 def speculative_decode(target, drafter, prompt, n_new, *, gamma, rng=None, greedy=False, temperature=1.0,
-                       top_k=None, bonus=True):
+                       top_k=None, bonus=True, stop_drafting=None):
     """Continue ``prompt`` by ``n_new`` tokens with speculative decoding (Leviathan et al., Algorithm 1).
 
     target, drafter: decoders (module docstring) over the same vocabulary, with empty caches or caches
@@ -186,12 +186,16 @@ def speculative_decode(target, drafter, prompt, n_new, *, gamma, rng=None, greed
     (the last steps draft fewer so that no token past n_new is computed). greedy: argmax drafts and the
     greedy rule (output identical to greedy decoding of the target); else both models' logits go through
     :func:`probabilities` (temperature, top_k) and rng drives every draw. bonus: see speculative_accept
-    (False: the target sees gamma - 1 drafts per call).
+    (False: the target sees gamma - 1 drafts per call). stop_drafting: None or a callable(drafter logits (V,))
+    -> bool called after each draft; True ends the block early (adaptive block length, gamma the maximum;
+    ``tandem.router.make_stop_rule``). It sees only the drafter's output, so the output law is unchanged.
 
     Returns (tokens (T0 + n_new,) int64, SpeculativeStats).
     """
     bonus = validate.flag(bonus, "bonus")
     greedy = validate.flag(greedy, "greedy")
+    if stop_drafting is not None and not callable(stop_drafting):
+        validate.fail("stop_drafting", "None or a callable(logits) -> bool", type(stop_drafting).__name__)
     target = _check_decoder(target, "target")
     drafter = _check_decoder(drafter, "drafter")
     prompt = validate.int_array(prompt, "prompt", ndim=1, low=0)
@@ -225,6 +229,9 @@ def speculative_decode(target, drafter, prompt, n_new, *, gamma, rng=None, greed
                 q_rows.append(q)
             drafts.append(x)
             feed = [x]
+            if stop_drafting is not None and len(drafts) < g and stop_drafting(logits):
+                break                                                          # adaptive block length
+        g = len(drafts)
         verify = drafts if bonus else drafts[:g - 1]
         t_feed = tokens[target.length:] + verify
         logits = target.extend(np.asarray(t_feed, dtype=np.int64), len(verify) + 1)   # (g (+1), V) in one call

@@ -8,7 +8,6 @@ from scratch_transformers.core.layers import layer_norm_forward
 from scratch_transformers.models import transformer as tf
 from scratch_transformers.models.speed import LargeDecoder, TandemDrafter, large_forward, speed_decode
 from scratch_transformers.tandem import model
-from scratch_transformers.tandem.speculative import probabilities
 
 from test_speculative import ALPHA, exact_target_law, pearson
 

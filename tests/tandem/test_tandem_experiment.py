@@ -17,9 +17,10 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch):
     assert res.metrics["agree_M_L"] == 1.0
     for g in (1, 3):
         for tag in ("spec", "speed"):
-            assert res.metrics[f"{tag}_identical_g{g}"] == 1.0
-            assert 0.0 <= res.metrics[f"{tag}_acceptance_g{g}"] <= 1.0
-            assert res.metrics[f"{tag}_speedup_g{g}"] > 0
+            assert res.metrics[f"{tag}_g{g}_identical"] == 1.0
+            assert 0.0 <= res.metrics[f"{tag}_g{g}_acceptance"] <= 1.0
+            assert res.metrics[f"{tag}_g{g}_speedup"] > 0
+    assert res.metrics["adaptive_identical"] == 1.0 and 0 < res.metrics["adaptive_drafts_per_call"] <= 8
     assert res.metrics["cost_ratio"] > 0
     with pytest.raises(ValueError):
         exp.run("medium", np.random.default_rng(0), tmp_path, progress=False)

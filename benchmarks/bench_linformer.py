@@ -85,17 +85,19 @@ HEADER = ("| N | mode | Linformer ms | reference ms | flash ms | speed-up vs ref
 
 
 def format_row(r):
+    """Two markdown rows (forward, forward+backward) of one N; 'skipped' where the reference was not run."""
+    ms, mb = (lambda x: f"{1e3 * x:.1f}"), (lambda x: f"{x / MB:.1f}")
+    times, ratio = (lambda x: f"{x:.1f}x"), (lambda x: f"{x:.2f}x")
     lines = []
     for mode, label in (("fwd", "fwd"), ("fb", "fwd+bwd")):
         def cell(name, key, fmt):
             full = f"{name}_{mode}_{key}"
             return fmt(r[full]) if full in r else "skipped"
-        lines.append(
-            f"| {r['n']} | {label} | {1e3 * r[f'linformer_{mode}_s']:.1f} | {cell('reference', 's', lambda x: f'{1e3 * x:.1f}')} | "
-            f"{cell('flash', 's', lambda x: f'{1e3 * x:.1f}')} | {cell('reference', 'speedup', lambda x: f'{x:.1f}x')} | "
-            f"{cell('flash', 'speedup', lambda x: f'{x:.1f}x')} | {r[f'linformer_{mode}_mem'] / MB:.1f} | "
-            f"{cell('reference', 'mem', lambda x: f'{x / MB:.0f}')} | {cell('flash', 'mem', lambda x: f'{x / MB:.1f}')} | "
-            f"{cell('reference', 'memratio', lambda x: f'{x:.1f}x')} | {cell('flash', 'memratio', lambda x: f'{x:.2f}x')} |")
+        cells = [str(r["n"]), label, ms(r[f"linformer_{mode}_s"]), cell("reference", "s", ms), cell("flash", "s", ms),
+                 cell("reference", "speedup", times), cell("flash", "speedup", times), mb(r[f"linformer_{mode}_mem"]),
+                 cell("reference", "mem", mb), cell("flash", "mem", mb), cell("reference", "memratio", times),
+                 cell("flash", "memratio", ratio)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

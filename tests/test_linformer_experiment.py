@@ -33,3 +33,14 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch):
     for name in ("full attention", "Linformer k=4", "Linformer k=8"):
         assert np.isfinite(res.metrics[f"val_loss_{name}"]) and res.metrics[f"ms_per_step_{name}"] > 0
     assert "± " in res.summary                                               # two seeds: spread reported
+    for k in (8, 16):
+        assert 0 <= res.metrics[f"svd_error_k{k}"] <= res.metrics[f"jl_error_k{k}"] + 1e-12   # SVD is the best rank k
+    assert res.metrics["svd_error_k16"] < 1e-10                              # rank n: exact
+
+
+def test_jl_error_shrinks_with_k_and_svd_is_best(rng):
+    p = rng.random((4, 32, 32))
+    p /= p.sum(axis=-1, keepdims=True)
+    v = rng.standard_normal((4, 32, 5))
+    jl, svd = exp.jl_vs_svd(p, v, [4, 32], rng, draws=20)
+    assert jl[1] < jl[0] and svd[0] <= jl[0] and svd[1] < 1e-12

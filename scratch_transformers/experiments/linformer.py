@@ -79,26 +79,52 @@ def train_model(config, cfg, corpus, val, seed, progress=True, desc="mlm"):
     return params, init, hist
 
 
-def attention_matrices(params, config, inputs) -> list[np.ndarray]:
-    """P of every layer: a list of (B, H, n, n) arrays from the reference core's cache."""
+def attention_matrices(params, config, inputs, with_values=False):
+    """P of every layer: a list of (B, H, n, n) arrays from the reference core's cache (with_values: also
+    the values V W^V, (B, H, n, d_h) each)."""
     _, cache = enc.forward(params, config, inputs, return_hidden=True)
-    return [block.attn.core.p for block in cache.blocks]
+    ps = [block.attn.core.p for block in cache.blocks]
+    return (ps, [block.attn.core.v for block in cache.blocks]) if with_values else ps
+
+
+def jl_vs_svd(p, v, ks, rng, draws=8):
+    """Theorem 1's construction against the truncated SVD: mean relative error ||P~ V - P V|| / ||P V|| of
+    P~ = P R^T R with R (k, n) ~ N(0, 1/k) (eqs. 16, 19; ``draws`` draws of R) and of the best rank-k P (eq. 6).
+    p: (M, n, n), v: (M, n, d). Returns two lists over ks."""
+    pv = p @ v                                                                 # (M, n, d)
+    norm = np.linalg.norm(pv, axis=(-2, -1))
+    u, sig, vt = np.linalg.svd(p)
+    jl, svd = [], []
+    for k in ks:
+        errs = []
+        for _ in range(draws):
+            r = rng.standard_normal((k, p.shape[-1])) / np.sqrt(k)
+            errs.append(np.linalg.norm((p @ r.T) @ (r @ v) - pv, axis=(-2, -1)) / norm)
+        jl.append(float(np.mean(errs)))
+        low = (u[..., :k] * sig[..., None, :k]) @ (vt[..., :k, :] @ v)         # rank-k P times V
+        svd.append(float(np.mean(np.linalg.norm(low - pv, axis=(-2, -1)) / norm)))
+    return jl, svd
 
 
 def spectrum_analysis(params, init, config, inputs, rng):
-    """Mean c(t) per layer (L, n), c(n/4) per (layer, head), and the two baselines' mean c(t)."""
+    """Mean c(t) per layer (L, n), c(n/4) per (layer, head), the two baselines' mean c(t), and the JL / SVD
+    errors (over every layer's P) at k = 8 .. n."""
     per_layer, heat = [], []
-    for p in attention_matrices(params, config, inputs):
+    ps, vs = attention_matrices(params, config, inputs, with_values=True)
+    n = inputs.shape[1]
+    ks = [k for k in (8, 16, 32, 64, 128, 256) if k <= n]
+    errors = (ks, *jl_vs_svd(np.concatenate([p.reshape(-1, n, n) for p in ps]),
+                             np.concatenate([v.reshape(-1, n, v.shape[-1]) for v in vs]), ks, rng))
+    for p in ps:
         c = cumulative_singular_values(p)                                         # (B, H, n)
         per_layer.append(c.mean(axis=(0, 1)))
         heat.append(c[..., p.shape[-1] // 4 - 1].mean(axis=0))                   # (H,) at t = n/4
     c_init = np.mean([cumulative_singular_values(p).mean(axis=(0, 1))
                       for p in attention_matrices(init, config, inputs)], axis=0)
-    n = inputs.shape[1]
     scores = rng.standard_normal((8, n, n))
     rand = np.exp(scores - scores.max(axis=-1, keepdims=True))
     c_rand = cumulative_singular_values(rand / rand.sum(axis=-1, keepdims=True)).mean(axis=0)
-    return np.array(per_layer), np.array(heat), c_init, c_rand
+    return np.array(per_layer), np.array(heat), c_init, c_rand, errors
 
 
 def step_times(configs, params, batch, repeats=3) -> dict[str, float]:
@@ -112,10 +138,10 @@ def step_times(configs, params, batch, repeats=3) -> dict[str, float]:
 def _figures(cfg, spec, curves, times, h_uni, out_dir):
     import matplotlib.pyplot as plt
 
-    per_layer, heat, c_init, c_rand = spec
+    per_layer, heat, c_init, c_rand, (ks, jl, svd) = spec
     n = cfg["n"]
     t = np.arange(1, n + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.9), gridspec_kw={"width_ratios": [1.5, 1, 1.1]})
     for i, c in enumerate(per_layer):
         axes[0].plot(t, c, color=f"C{i}", label=f"trained, layer {i + 1}")
     axes[0].plot(t, c_init, color="0.4", ls="--", label="same model at initialisation")
@@ -129,6 +155,14 @@ def _figures(cfg, spec, curves, times, h_uni, out_dir):
                 xticks=range(heat.shape[1]), xticklabels=range(1, heat.shape[1] + 1),
                 yticks=range(heat.shape[0]), yticklabels=range(1, heat.shape[0] + 1))
     fig.colorbar(im, ax=axes[1], label="c(n/4)")
+    axes[2].loglog(ks, jl, "o-", color="C3", label="P R^T R (JL, eq. 16), R ~ N(0, 1/k)")
+    part = [i for i, k in enumerate(ks) if k < n]                              # rank n is exact (error ~1e-15)
+    axes[2].loglog([ks[i] for i in part], [svd[i] for i in part], "s-", color="C4",
+                   label="best rank k < n (truncated SVD, eq. 6)")
+    axes[2].loglog(ks, jl[0] * np.sqrt(ks[0] / np.asarray(ks)), color="0.6", ls=":", label="~ 1/sqrt(k)")
+    axes[2].set(xlabel="k (projected dimension / rank)", ylabel="relative error of P V",
+                title="Theorem 1: approximating P V")
+    axes[2].legend(fontsize=8)
     fig.tight_layout()
     f1 = savefig(fig, out_dir, "linformer_spectrum.png")
 
@@ -176,11 +210,12 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         curves[name] = (steps, losses.mean(axis=0), losses.std(axis=0))
         finals[name] = losses[:, -1]
     train_seconds = time.perf_counter() - t0
-    times = step_times(configs, last_params, masked_windows(corpus.train, np.random.default_rng(7), cfg["batch"], cfg["n"]))
+    timing_batch = masked_windows(corpus.train, np.random.default_rng(7), cfg["batch"], cfg["n"])
+    times = step_times(configs, last_params, timing_batch)
     h_uni = data.unigram_entropy(corpus.train)
     figures = _figures(cfg, spec, curves, times, h_uni, out_dir)
 
-    per_layer, heat, c_init, c_rand = spec
+    per_layer, heat, c_init, c_rand, (ks, jl, svd) = spec
     n = cfg["n"]
     tops = [t for t in cfg["top"] if t <= n]
     metrics = {}
@@ -192,6 +227,9 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     rows.append(["initialisation (mean of layers)"] + [float(c_init[t - 1]) for t in tops])
     rows.append(["softmax of N(0, 1) scores"] + [float(c_rand[t - 1]) for t in tops])
     spec_table = markdown_table(["P of"] + [f"top {t} of {n}" for t in tops], rows)
+    jl_table = markdown_table(["k"] + [str(k) for k in ks], [["P R^T R V (JL)"] + jl, ["rank-k SVD of P, times V"] + svd])
+    for k, a, b in zip(ks, jl, svd):
+        metrics[f"jl_error_k{k}"], metrics[f"svd_error_k{k}"] = a, b
     full_loss = finals["full attention"]
     mlm_rows = []
     for name in configs:
@@ -207,6 +245,8 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         f"**Spectrum** of the attention matrices of the full-attention encoder after {cfg['steps']} steps "
         f"(n = {n}, {cfg['n_layers']} layers x {cfg['n_heads']} heads, {cfg['spectrum_rows']} held-out windows): "
         f"share of the singular-value mass in the top t directions.\n\n{spec_table}\n\n"
+        f"Relative error ||P~ V - P V|| / ||P V|| over every layer's P (Theorem 1's random projection, mean of 8 draws, "
+        f"against the truncated SVD):\n\n{jl_table}\n\n"
         f"**Masked LM** at n = {n}, {cfg['steps']} steps, batch {cfg['batch']}, lr {cfg['lr']} for every model, "
         f"{seeds}; time per step measured after training, the models in turn (median of 3 rounds).\n\n{mlm_table}\n\n"
         f"Unigram entropy of the bytes (the loss without context): {h_uni:.3f}. "

@@ -140,6 +140,27 @@ def memory_vs_depth(cfg, layers, rng):
     return out
 
 
+def reconstruction_error(cfg, n_layers, rng) -> dict[str, float]:
+    """Max |x - x_rec| after running the Reformer LM's reversible stack forward (eq. 7) and back (eq. 8),
+    in float64 and float32 (same weights, rotations and input)."""
+    from ..reformer.reversible import reversible_forward, reversible_inverse
+
+    t = cfg["mem_len"]
+    config = rf.ReformerConfig(vocab_size=16, d_model=64, n_layers=n_layers, n_heads=4, d_ff=256, max_len=t,
+                               n_hashes=2, bucket_size=32, ff_chunk=64)
+    params, rot = rf.init_params(config, rng, std=0.1), rf.draw_rotations(config, t, rng)
+    h = rng.standard_normal((1, t, 64))
+    out = {}
+    for dt in (np.float64, np.float32):
+        blocks = rf.blocks_for({k: v.astype(dt) for k, v in params.items()}, config, attention="lsh",
+                               rotations=[r.astype(dt) for r in rot])
+        x = h.astype(dt)
+        (y1, y2), _ = reversible_forward(x, x, blocks)
+        r1, r2 = reversible_inverse(y1, y2, blocks)
+        out[np.dtype(dt).name] = float(max(np.max(np.abs(r1 - x)), np.max(np.abs(r2 - x))))
+    return out
+
+
 def causal_leak(params, config, inputs, rng, attention="lsh"):
     """Change one token at a random position t per sequence (same rotations); return (fraction of
     sequences with any earlier logit changed, fraction of earlier positions changed). Both forwards see
@@ -190,6 +211,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     mem = memory_vs_depth(cfg, cfg["mem_layers"], rng)
     leak_any, leak_frac = causal_leak(params2, config2, eval_x[:cfg["causal_seqs"]], rng)
     ctrl_any, _ = causal_leak(params2, config2, eval_x[:cfg["causal_seqs"]], rng, attention="full")
+    recon = reconstruction_error(cfg, max(cfg["mem_layers"]), rng)
 
     # --- figures
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -249,6 +271,8 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         f"{markdown_table(['n_hashes', 'trained model vectors', 'Gaussian vectors'], err_rows)}\n\n"
         f"Peak traced memory (MB) of loss+grads vs depth:\n\n"
         f"{markdown_table(MEM_HEADER, mem_rows)}\n\n"
+        f"Input reconstruction error of the {max(cfg['mem_layers'])}-layer reversible stack (eq. 8, max abs): "
+        f"float64 {recon['float64']:.2g}, float32 {recon['float32']:.2g}.\n\n"
         f"Causal LSH, one token changed at a random position t (same rotations): earlier logits changed in "
         f"{100 * leak_any:.1f}% of sequences, {100 * leak_frac:.2f}% of earlier positions (control, the same model "
         f"with full causal attention: {100 * ctrl_any:.1f}% of sequences).")
@@ -258,6 +282,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     metrics.update({f"mem_rev_{n}": float(mem[True][i]) for i, n in enumerate(cfg["mem_layers"])})
     metrics.update({f"mem_std_{n}": float(mem[False][i]) for i, n in enumerate(cfg["mem_layers"])})
     metrics.update({f"mem_grads_{n}": float(mem["grads"][i]) for i, n in enumerate(cfg["mem_layers"])})
+    metrics.update(recon_err_float64=recon["float64"], recon_err_float32=recon["float32"])
     metrics.update(causal_leak_sequences=leak_any, causal_leak_positions=leak_frac, causal_leak_full_control=ctrl_any,
                    train_seconds=train_seconds,
                    seconds=time.perf_counter() - t0)

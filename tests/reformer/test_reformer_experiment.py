@@ -32,4 +32,5 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch):
     assert res.metrics["mem_std_2"] > res.metrics["mem_rev_2"]
     assert 0.0 <= res.metrics["causal_leak_positions"] <= res.metrics["causal_leak_sequences"] <= 1.0
     assert res.metrics["causal_leak_full_control"] == 0.0                  # full causal attention never leaks
+    assert res.metrics["recon_err_float64"] < 1e-12 < res.metrics["recon_err_float32"] < 1e-4
     assert "| trained \\ evaluated |" in res.summary

@@ -9,14 +9,13 @@ the unigram entropy of the bytes (the loss of the best model that ignores contex
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ..core import data, optim, train, validate
+from ..core import data, validate
 from ..models import transformer as tf
-from .common import ExperimentResult, markdown_table, mean_loss, savefig
+from .common import ExperimentResult, fit, markdown_table, mean_loss, savefig
 
 NAME = "baseline"
 SAMPLE_TEMPERATURE = 0.8             # the sampled continuation shown beside the greedy one
@@ -44,7 +43,6 @@ def train_copy(cfg, rng, progress=True):
     config = tf.TransformerConfig(vocab_size=train_set.vocab_size, d_model=cfg["d_model"], n_layers=2, n_heads=4,
                                   max_len=train_set.inputs.shape[1], positions="learned")
     params = tf.init_params(config, rng)
-    opt = optim.AdamW(lr=3e-3, weight_decay=0.0)
 
     def next_batch(r, step):
         idx = r.integers(0, len(train_set.inputs), size=cfg["batch"])
@@ -56,14 +54,9 @@ def train_copy(cfg, rng, progress=True):
     def eval_fn(p):
         return {"val_acc": token_accuracy(p, config, val_set.inputs, val_set.targets)}
 
-    steps = cfg["copy_steps"]
-    t0 = time.perf_counter()
-    hist = train.train(loss_and_grads, params, opt, next_batch, steps=steps, rng=rng,
-                       lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=3e-3, warmup_steps=50, total_steps=steps),
-                       clip_norm=1.0, eval_fn=eval_fn, eval_every=20, progress=progress,
-                       desc="baseline copy")
-    seconds = time.perf_counter() - t0
-    return config, params, hist, eval_fn(params)["val_acc"], seconds
+    hist = fit(loss_and_grads, params, next_batch, steps=cfg["copy_steps"], lr=3e-3, rng=rng, warmup_steps=50,
+               eval_fn=eval_fn, eval_every=20, progress=progress, desc="baseline copy")
+    return config, params, hist, eval_fn(params)["val_acc"], hist.wall_time
 
 
 def train_corpus(cfg, rng, progress=True):
@@ -74,7 +67,6 @@ def train_corpus(cfg, rng, progress=True):
     config = tf.TransformerConfig(vocab_size=256, d_model=cfg["d_model"], n_layers=2, n_heads=4, max_len=ctx,
                                   positions="learned")
     params = tf.init_params(config, rng)
-    opt = optim.AdamW(lr=3e-3, weight_decay=0.01)
     steps = cfg["lm_steps"]
 
     def next_batch(r, step):
@@ -86,13 +78,9 @@ def train_corpus(cfg, rng, progress=True):
     def eval_fn(p):
         return {"val_loss": mean_loss(p, config, val_x, val_y)}
 
-    t0 = time.perf_counter()
-    hist = train.train(loss_and_grads, params, opt, next_batch, steps=steps, rng=rng,
-                       lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=3e-3, warmup_steps=50, total_steps=steps),
-                       clip_norm=1.0, eval_fn=eval_fn, eval_every=max(steps // 8, 1), progress=progress,
-                       desc="baseline corpus")
-    seconds = time.perf_counter() - t0
-    return corpus, config, params, hist, eval_fn(params)["val_loss"], seconds
+    hist = fit(loss_and_grads, params, next_batch, steps=steps, lr=3e-3, rng=rng, weight_decay=0.01, warmup_steps=50,
+               eval_fn=eval_fn, eval_every=max(steps // 8, 1), progress=progress, desc="baseline corpus")
+    return corpus, config, params, hist, eval_fn(params)["val_loss"], hist.wall_time
 
 
 def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Path = Path("out/baseline"),

@@ -1,4 +1,5 @@
-"""What every experiment shares: its result record, figure saving and markdown tables."""
+"""What every experiment shares: its result record, the training recipe (:func:`fit`), figure saving and
+markdown tables."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from ..core import optim, train, validate
 from ..core.io import atomic_write
 
 matplotlib.use("Agg")
@@ -38,6 +40,31 @@ def savefig(fig, out_dir, filename: str) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def fit(loss_and_grads, params: dict, next_batch, *, steps: int, lr: float, rng: np.random.Generator,
+        weight_decay: float = 0.0, warmup_steps: int | None = None, clip_norm: float | None = 1.0,
+        eval_fn=None, eval_every: int | None = None, progress: bool = True, desc: str | None = None):
+    """The one training recipe of the experiments: AdamW (Loshchilov & Hutter 2019) with linear warm-up
+    then cosine decay to 0 (``core.optim.warmup_cosine``), global grad-norm clipping, the loop of
+    ``core.train.train`` and its evaluation hook. Trains ``params`` in place; returns the History
+    (``history.wall_time``: seconds spent training, evaluation included).
+
+    loss_and_grads(params, batch, rng) -> (loss, grads); next_batch(rng, step) -> batch.
+    warmup_steps: default min(50, steps // 10). clip_norm: None for no clipping. eval_fn(params) ->
+    {metric: float}, called every ``eval_every`` steps (None: only after the last step).
+    """
+    steps = validate.positive_int(steps, "steps")
+    lr = validate.positive(lr, "lr")
+    warmup_steps = min(50, steps // 10) if warmup_steps is None else warmup_steps
+    warmup_steps = validate.integer(warmup_steps, "warmup_steps", low=0, high=steps)
+    eval_every = 0 if eval_every is None else validate.positive_int(eval_every, "eval_every")
+    opt = optim.AdamW(lr=lr, weight_decay=weight_decay)
+    return train.train(loss_and_grads, params, opt, next_batch, steps=steps, rng=rng,
+                       lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=lr, warmup_steps=warmup_steps,
+                                                                 total_steps=steps),
+                       clip_norm=clip_norm, eval_fn=eval_fn, eval_every=eval_every, progress=progress,
+                       desc="train" if desc is None else desc)
 
 
 def mean_loss(params, config, inputs, targets, *, linears=None, batch=64) -> float:

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import lora
-from ..core import data, optim, train, validate
+from ..core import data, validate
 from ..models import transformer as tf
-from .common import ExperimentResult, markdown_table, mean_loss, savefig
+from .common import ExperimentResult, fit, markdown_table, mean_loss, savefig
 
 NAME = "lora"
 TITLE = "LoRA: adapting a code LM to documentation prose, rank sweep vs full and head-only fine-tuning"
@@ -91,13 +91,8 @@ def _fit(trainable, base, config, next_batch, steps, lr, rng, linears=None, desc
     """Train ``trainable`` (a dict of arrays, updated in place) with base's other weights frozen.
     next_batch(rng, step) -> (inputs, targets)."""
     lg = lora.adapter_loss_and_grads(tf.loss_and_grads, base, linears)
-    opt = optim.AdamW(lr=lr, weight_decay=0.0)
-    hist = train.train(lambda p, batch, r: lg(p, config, *batch), trainable, opt,
-                       next_batch, steps=steps, rng=rng,
-                       lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=lr, warmup_steps=min(20, steps // 5),
-                                                                 total_steps=steps),
-                       clip_norm=1.0, progress=progress, desc=desc)
-    return hist
+    return fit(lambda p, batch, r: lg(p, config, *batch), trainable, next_batch, steps=steps, lr=lr, rng=rng,
+               warmup_steps=min(20, steps // 5), progress=progress, desc=desc)
 
 
 def _file_bytes(arrays: dict) -> int:

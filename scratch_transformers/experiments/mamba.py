@@ -15,15 +15,14 @@ evaluated on fixed held-out sets drawn from a separate generator. Numbers are wh
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ..core import data, optim, train, validate
+from ..core import data, validate
 from ..mamba import model as mm
 from ..models import transformer as tf
-from .common import ExperimentResult, markdown_table, savefig
+from .common import ExperimentResult, fit, markdown_table, savefig
 
 NAME = "mamba"
 TITLE = "Mamba: selective copying (S6 vs LTI vs attention) and induction-head length extrapolation"
@@ -84,7 +83,6 @@ def _accuracy(model, task, max_batch_tokens=1 << 16, attn_budget=1 << 21):
 
 def _train(model, make_batch, val, cfg, steps, rng, progress, desc):
     lr = LR[model.kind]
-    opt = optim.AdamW(lr=lr, weight_decay=0.0)
 
     def next_batch(r, step):
         t = make_batch(r, cfg["batch"])
@@ -96,12 +94,9 @@ def _train(model, make_batch, val, cfg, steps, rng, progress, desc):
     def eval_fn(p):
         return {"val_acc": _accuracy(model, val)}
 
-    t0 = time.perf_counter()
-    hist = train.train(lg, model.params, opt, next_batch, steps=steps, rng=rng,
-                       lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=lr, warmup_steps=min(50, steps // 10),
-                                                                 total_steps=steps),
-                       clip_norm=1.0, eval_fn=eval_fn, eval_every=max(steps // 10, 1), progress=progress, desc=desc)
-    return hist, time.perf_counter() - t0
+    hist = fit(lg, model.params, next_batch, steps=steps, lr=lr, rng=rng, warmup_steps=min(50, steps // 10),
+               eval_fn=eval_fn, eval_every=max(steps // 10, 1), progress=progress, desc=desc)
+    return hist, hist.wall_time
 
 
 def run(size="quick", rng=None, out_dir=Path("out"), progress=True) -> ExperimentResult:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import data, optim, train, validate
+from ..core import data, validate
 from ..core.functional import log_softmax
 from ..models import transformer as tf
 from ..positional import scaling
 from ..positional.rope import rope_inv_freq
-from .common import ExperimentResult, markdown_table, savefig
+from .common import ExperimentResult, fit, markdown_table, savefig
 
 NAME = "positions"
 TITLE = "Positions: train short, test long (sinusoidal, learned, RoPE, PI, NTK, ALiBi)"
@@ -60,12 +60,10 @@ def _config(cfg, positions: str, max_len: int) -> tf.TransformerConfig:
 
 
 def _train(config, params, corpus, cfg, rng, *, seq_len, steps, batch, lr, desc, progress):
-    opt = optim.AdamW(lr=lr, weight_decay=0.01)
-    warm = max(steps // 10, 1)
-    return train.train(lambda p, b, r: tf.loss_and_grads(p, config, *b), params, opt,
-                       lambda r, step: data.random_windows(corpus.train, r, batch, seq_len),
-                       steps=steps, rng=rng, clip_norm=1.0, progress=progress, desc=desc,
-                       lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=lr, warmup_steps=warm, total_steps=steps))
+    return fit(lambda p, b, r: tf.loss_and_grads(p, config, *b), params,
+               lambda r, step: data.random_windows(corpus.train, r, batch, seq_len),
+               steps=steps, lr=lr, rng=rng, weight_decay=0.01, warmup_steps=max(steps // 10, 1),
+               progress=progress, desc=desc)
 
 
 def eval_at_length(params, config, val: np.ndarray, length: int, n_tokens: int, train_len: int):

@@ -30,7 +30,6 @@ import numpy as np
 
 from ..core import validate
 from ..core.layers import add_grads, project_backward, project_forward
-from ..core.registry import Op
 
 CORES: dict[str, tuple[str, str, str]] = {
     "reference": ("scratch_transformers.attention.reference", "attention_forward", "attention_backward"),
@@ -79,15 +78,23 @@ class KVCache:
         n_heads = validate.positive_int(n_heads, "n_heads")
         capacity = validate.positive_int(capacity, "capacity")
         head_dim = validate.positive_int(head_dim, "head_dim")
-        dtype = np.dtype(dtype)
-        if dtype not in validate.FLOAT_DTYPES:
-            validate.fail("dtype", "float32 or float64", dtype)
+        dtype = validate.float_dtype(dtype)
         shape = (batch, n_heads, capacity, head_dim)
         return cls(k=np.zeros(shape, dtype=dtype), v=np.zeros(shape, dtype=dtype), length=0)
 
     @property
     def capacity(self) -> int:
         return self.k.shape[2]
+
+    def check_room(self, batch: int, n_heads: int, head_dim: int, dtype, n_new: int) -> int:
+        """Check that this cache fits a step of ``n_new`` positions of (batch, n_heads, head_dim) in
+        ``dtype``; returns the current length (the new positions' offset)."""
+        validate.array(self.k, "kv_cache.k", shape=(batch, n_heads, None, head_dim), dtype=dtype)
+        validate.array(self.v, "kv_cache.v", shape=self.k.shape, dtype=dtype)
+        if self.length + n_new > self.capacity:
+            validate.fail("kv_cache", f"room for {n_new} more positions (capacity {self.capacity})",
+                          f"length {self.length}")
+        return self.length
 
 
 def init_mha(rng, d_model, n_heads, *, bias=True, prefix="attn", std=0.02, out_std=None, dtype=np.float64):
@@ -104,9 +111,7 @@ def init_mha(rng, d_model, n_heads, *, bias=True, prefix="attn", std=0.02, out_s
     bias = validate.flag(bias, "bias")
     if not isinstance(prefix, str):
         validate.fail("prefix", "a string", type(prefix).__name__)
-    dtype = np.dtype(dtype)
-    if dtype not in validate.FLOAT_DTYPES:
-        validate.fail("dtype", "float32 or float64", dtype)
+    dtype = validate.float_dtype(dtype)
     params = {}
     for name in PROJECTIONS:
         s = out_std if name == "o" else std
@@ -160,19 +165,11 @@ def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=T
     n_heads = validate.positive_int(n_heads, "n_heads")
     if d_model % n_heads:
         validate.fail("n_heads", f"a divisor of d_model={d_model}", n_heads)
-    if not isinstance(params, dict):
-        validate.fail("params", "a dict name -> array", type(params).__name__)
     if linears is not None and not isinstance(linears, dict):
         validate.fail("linears", "a dict weight name -> linear object", type(linears).__name__)
-    for name in PROJECTIONS:
-        w_name = f"{prefix}.w{name}"
-        if linears is not None and w_name in linears:
-            continue
-        if w_name not in params:
-            validate.fail("params", f"a key {w_name!r}", "none")
-        validate.array(params[w_name], f"params[{w_name!r}]", shape=(d_model, d_model), dtype=x.dtype)
-    if not isinstance(causal, (bool, np.bool_)):
-        validate.fail("causal", "a bool", repr(causal))
+    validate.params(params, {f"{prefix}.w{n}": (d_model, d_model) for n in PROJECTIONS}, dtype=x.dtype,
+                    skip=linears or ())
+    validate.flag(causal, "causal")
     core_fwd, _ = core_functions(core)
     core_options = {} if core_options is None else dict(core_options)
     wanted = CORE_PARAMS.get(core, ())
@@ -185,17 +182,9 @@ def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=T
         core_options[kw] = params[key]
     if rope is not None and not isinstance(rope, dict):
         validate.fail("rope", "None or a dict of rope_forward keyword arguments", type(rope).__name__)
-    offset = 0
-    if kv_cache is not None:
-        if not isinstance(kv_cache, KVCache):
-            validate.fail("kv_cache", "a KVCache", type(kv_cache).__name__)
-        dh = d_model // n_heads
-        validate.array(kv_cache.k, "kv_cache.k", shape=(b, n_heads, None, dh), dtype=x.dtype)
-        validate.array(kv_cache.v, "kv_cache.v", shape=kv_cache.k.shape, dtype=x.dtype)
-        offset = kv_cache.length
-        if offset + t > kv_cache.capacity:
-            validate.fail("kv_cache", f"room for {t} more positions (capacity {kv_cache.capacity})",
-                          f"length {offset}")
+    if kv_cache is not None and not isinstance(kv_cache, KVCache):
+        validate.fail("kv_cache", "a KVCache", type(kv_cache).__name__)
+    offset = 0 if kv_cache is None else kv_cache.check_room(b, n_heads, d_model // n_heads, x.dtype, t)
     if attn_bias is not None:
         attn_bias = validate.float_array(attn_bias, "attn_bias").astype(x.dtype, copy=False)
 
@@ -270,51 +259,3 @@ def mha_backward(dy, cache: MHACache):
         add_grads(grads, g)
         dx = dxi if dx is None else dx + dxi
     return dx, grads
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry: float64 gradient checks of the whole layer (reference core)
-
-def _mha_inputs(rng, bias=True):
-    d_model, n_heads = 8, 2
-    params = init_mha(rng, d_model, n_heads, bias=bias, std=0.5)
-    for k in params:
-        if ".b" in k:
-            params[k] = 0.1 * rng.standard_normal(params[k].shape)
-    return {"x": rng.standard_normal((2, 4, d_model)), **params}
-
-
-def _mha_check_forward(x, _options, **params):
-    return mha_forward(x, params, prefix="attn", n_heads=2, **_options)
-
-
-def _mha_check_backward(dy, cache):
-    dx, grads = mha_backward(dy, cache)
-    return {"x": dx, **grads}
-
-
-def _mha_padded_inputs(rng):
-    pad = np.array([[False, False, False, False], [True, False, False, False]])
-    bias = -0.3 * np.abs(np.arange(4)[:, None] - np.arange(4)[None, :])[None] * np.array([1.0, 0.5])[:, None, None]
-    return {**_mha_inputs(rng), "_options": dict(attn_bias=bias, key_padding_mask=pad)}
-
-
-def _mha_rope_inputs(rng):
-    return {**_mha_inputs(rng, bias=False), "_options": dict(rope={"base": 100.0, "layout": "interleaved"})}
-
-
-# The key bias bk is left out of the check: q_i . bk is the same for every key j of row i, and softmax is
-# shift invariant, so dL/dbk is exactly 0 and central differences only see rounding noise
-# (tests/attention/test_multihead.py checks that the analytic dbk is 0 to rounding).
-_WRT = ("x", "attn.wq", "attn.bq", "attn.wk", "attn.wv", "attn.bv", "attn.wo", "attn.bo")
-
-GRADCHECKS = [
-    Op(name="mha_reference", forward=_mha_check_forward, backward=_mha_check_backward,
-       make_inputs=lambda rng: {**_mha_inputs(rng), "_options": {}}, wrt=_WRT,
-       covers=("scratch_transformers.attention.multihead.mha_backward",)),
-    Op(name="mha_reference_bias_padding", forward=_mha_check_forward, backward=_mha_check_backward,
-       make_inputs=_mha_padded_inputs, wrt=_WRT,
-       covers=("scratch_transformers.attention.multihead.mha_backward",)),
-    Op(name="mha_reference_rope", forward=_mha_check_forward, backward=_mha_check_backward,
-       make_inputs=_mha_rope_inputs, covers=("scratch_transformers.attention.multihead.mha_backward",)),
-]

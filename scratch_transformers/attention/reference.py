@@ -34,7 +34,6 @@ from typing import NamedTuple
 import numpy as np
 
 from ..core import validate
-from ..core.registry import Op
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
 
@@ -222,46 +221,3 @@ def attention_backward(dout, cache: AttentionCache):
     t = cache.q.dtype
     return dq.astype(t, copy=False), dk.astype(t, copy=False), dv.astype(t, copy=False), (
         None if dbias is None else dbias.astype(t, copy=False))
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry: float64 gradient checks (tests/test_registry.py and `python -m scratch_transformers check`)
-
-def _inputs_full(rng):
-    """Causal bottom-right, a per-head bias, one padded key and a dropout keep-mask (Nq != Nk)."""
-    b, h, n_q, n_k, d = 2, 2, 3, 5, 4
-    pad = np.zeros((b, n_k), dtype=bool)
-    pad[1, 0] = True
-    return dict(q=rng.standard_normal((b, h, n_q, d)), k=rng.standard_normal((b, h, n_k, d)),
-                v=rng.standard_normal((b, h, n_k, 3)), bias=rng.standard_normal((h, 1, n_k)),
-                key_padding_mask=pad, dropout_mask=rng.random((b, h, n_q, n_k)) > 0.3)
-
-
-def _forward_full(q, k, v, bias, key_padding_mask, dropout_mask):
-    return attention_forward(q, k, v, causal=True, causal_alignment="bottom_right", bias=bias,
-                             key_padding_mask=key_padding_mask, dropout_p=0.3, dropout_mask=dropout_mask,
-                             scale=0.7)
-
-
-def _inputs_fully_masked(rng):
-    """Top-left causal with the first key padded: query row 0 sees no key (out 0, lse -inf)."""
-    b, h, n, d = 1, 2, 4, 3
-    pad = np.zeros((b, n), dtype=bool)
-    pad[0, 0] = True
-    return dict(q=rng.standard_normal((b, h, n, d)), k=rng.standard_normal((b, h, n, d)),
-                v=rng.standard_normal((b, h, n, d)), key_padding_mask=pad)
-
-
-def _forward_fully_masked(q, k, v, key_padding_mask):
-    return attention_forward(q, k, v, causal=True, key_padding_mask=key_padding_mask)
-
-
-GRADCHECKS = [
-    Op(name="attention_reference", forward=_forward_full, backward=attention_backward,
-       make_inputs=_inputs_full, covers=("scratch_transformers.attention.reference.attention_backward",),
-       wrt=("q", "k", "v", "bias")),
-    Op(name="attention_reference_fully_masked_row", forward=_forward_fully_masked,
-       backward=lambda dy, cache: attention_backward(dy, cache)[:3],
-       make_inputs=_inputs_fully_masked,
-       covers=("scratch_transformers.attention.reference.attention_backward",), wrt=("q", "k", "v")),
-]

@@ -30,7 +30,6 @@ from typing import NamedTuple
 import numpy as np
 
 from . import validate
-from .registry import Op
 
 __all__ = [
     "softmax", "softmax_forward", "softmax_backward",
@@ -384,45 +383,3 @@ def gelu_backward(dy, cache: GeluCache) -> np.ndarray:
     xc, t = _gelu_tanh_parts(x)
     du = _GELU_C * (1 + 3 * _GELU_A * xc * xc)
     return dy * (0.5 * (1 + t) + 0.5 * xc * (1 - t * t) * du)
-
-
-# --------------------------------------------------------------------------------------------
-# Gradient checks (tests/test_registry.py and `python -m scratch_transformers check`)
-# --------------------------------------------------------------------------------------------
-
-_M = "scratch_transformers.core.functional."
-
-
-def _wide(rng, shape=(3, 5)):
-    """Values spread over both tails so the stable branches are exercised too."""
-    return rng.standard_normal(shape) * 3.0
-
-
-def _masked(rng):
-    """Rows with -inf (masked) entries, and one row that is entirely masked (softmax 0, gradient 0)."""
-    x = rng.standard_normal((3, 4))
-    x[0, 1] = x[1, 0] = x[1, 3] = -np.inf
-    x[2, :] = -np.inf
-    return x
-
-
-GRADCHECKS = [
-    Op("core.softmax", softmax_forward, softmax_backward,
-       lambda rng: {"x": _wide(rng)}, covers=(_M + "softmax_backward",), wrt=("x",)),
-    Op("core.softmax_axis0", lambda x: softmax_forward(x, axis=0), softmax_backward,
-       lambda rng: {"x": rng.standard_normal((4, 2, 3))}, covers=(_M + "softmax_backward",), wrt=("x",)),
-    Op("core.softmax_masked", softmax_forward, softmax_backward, lambda rng: {"x": _masked(rng)},
-       covers=(_M + "softmax_backward",), wrt=("x",), note="-inf entries and one fully masked row"),
-    Op("core.log_softmax", log_softmax_forward, log_softmax_backward,
-       lambda rng: {"x": _wide(rng)}, covers=(_M + "log_softmax_backward",), wrt=("x",)),
-    Op("core.sigmoid", sigmoid_forward, sigmoid_backward,
-       lambda rng: {"x": _wide(rng)}, covers=(_M + "sigmoid_backward",), wrt=("x",)),
-    Op("core.silu", silu_forward, silu_backward,
-       lambda rng: {"x": _wide(rng)}, covers=(_M + "silu_backward",), wrt=("x",)),
-    Op("core.gelu_tanh", lambda x: gelu_forward(x, "tanh"), gelu_backward,
-       lambda rng: {"x": _wide(rng)}, covers=(_M + "gelu_backward",), wrt=("x",)),
-    Op("core.gelu_erf", lambda x: gelu_forward(x, "erf"), gelu_backward,
-       lambda rng: {"x": _wide(rng)}, covers=(_M + "gelu_backward",), wrt=("x",)),
-    Op("core.softplus", softplus_forward, softplus_backward,
-       lambda rng: {"x": _wide(rng)}, covers=(_M + "softplus_backward",), wrt=("x",)),
-]

@@ -23,7 +23,6 @@ import numpy as np
 from . import validate
 from .functional import log_softmax
 from .norm_scaling import layer_norm_scaled, overflowed_rows, rms_norm_scaled
-from .registry import Op
 
 __all__ = [
     "linear_forward", "linear_backward",
@@ -289,8 +288,7 @@ def dropout_forward(x, p: float, rng: np.random.Generator | None, training: bool
     """
     x = validate.float_array(x, "x")
     p = validate.probability(p, "p")
-    if not isinstance(training, (bool, np.bool_)):
-        validate.fail("training", "a bool", repr(training))
+    validate.flag(training, "training")
     if not training or p == 0.0:
         return x, DropoutCache(None, 1.0)
     rng = validate.rng(rng)
@@ -425,66 +423,3 @@ def causal_conv1d_backward(dy, cache: CausalConv1dCache):
         dw[:, k] = np.sum(dy * x_pad[:, k:k + L, :], axis=(0, 1))
     db = dy.sum(axis=(0, 1)) if has_bias else None
     return dx_pad[:, K - 1:, :], dw, db
-
-
-# --------------------------------------------------------------------------------------------
-# Gradient checks (tests/test_registry.py and `python -m scratch_transformers check`)
-# --------------------------------------------------------------------------------------------
-
-_M = "scratch_transformers.core.layers."
-
-
-def _ce(reduction):
-    """cross_entropy_forward returning the loss as a 0-d array (the gradient checker wants arrays)."""
-    def forward(logits, targets):
-        loss, cache = cross_entropy_forward(logits, targets, reduction=reduction)
-        return np.asarray(loss), cache
-    return forward
-
-
-def _two(backward):
-    """Drop the trailing None (absent bias) so the tuple matches ``wrt``."""
-    return lambda dy, cache: backward(dy, cache)[:2]
-
-
-GRADCHECKS = [
-    Op("core.linear", linear_forward, linear_backward,
-       lambda rng: {"x": rng.standard_normal((2, 3, 4)), "w": rng.standard_normal((4, 5)),
-                    "b": rng.standard_normal(5)},
-       covers=(_M + "linear_backward",), wrt=("x", "w", "b")),
-    Op("core.linear_nobias", linear_forward, _two(linear_backward),
-       lambda rng: {"x": rng.standard_normal((3, 4)), "w": rng.standard_normal((4, 2))},
-       covers=(_M + "linear_backward",), wrt=("x", "w")),
-    Op("core.embedding", embedding_forward, embedding_backward,
-       lambda rng: {"ids": np.array([[0, 3, 3], [1, 0, 3]]), "table": rng.standard_normal((5, 4))},
-       covers=(_M + "embedding_backward",), wrt=("table",)),
-    Op("core.layer_norm", layer_norm_forward, layer_norm_backward,
-       lambda rng: {"x": rng.standard_normal((2, 3, 6)) * 2 + 1, "weight": rng.standard_normal(6),
-                    "bias": rng.standard_normal(6)},
-       covers=(_M + "layer_norm_backward",), wrt=("x", "weight", "bias")),
-    Op("core.rms_norm", rms_norm_forward, rms_norm_backward,
-       lambda rng: {"x": rng.standard_normal((2, 3, 6)), "weight": rng.standard_normal(6)},
-       covers=(_M + "rms_norm_backward",), wrt=("x", "weight")),
-    Op("core.dropout", lambda x, seed: dropout_forward(x, 0.3, np.random.default_rng(seed)), dropout_backward,
-       lambda rng: {"x": rng.standard_normal((4, 5)), "seed": 7},
-       covers=(_M + "dropout_backward",), wrt=("x",)),
-    Op("core.cross_entropy_mean", _ce("mean"), cross_entropy_backward,
-       lambda rng: {"logits": rng.standard_normal((2, 3, 5)) * 2,
-                    "targets": np.array([[1, -100, 4], [0, 2, -100]])},
-       covers=(_M + "cross_entropy_backward",), wrt=("logits",)),
-    Op("core.cross_entropy_sum", _ce("sum"), cross_entropy_backward,
-       lambda rng: {"logits": rng.standard_normal((4, 6)), "targets": np.array([5, 0, 0, 3])},
-       covers=(_M + "cross_entropy_backward",), wrt=("logits",)),
-    Op("core.causal_conv1d", causal_conv1d_forward, causal_conv1d_backward,
-       lambda rng: {"x": rng.standard_normal((2, 5, 3)), "w": rng.standard_normal((3, 4)),
-                    "b": rng.standard_normal(3)},
-       covers=(_M + "causal_conv1d_backward",), wrt=("x", "w", "b")),
-    Op("core.project", lambda x, w, b: project_forward(x, {"w": w, "b": b}, "w", "b"),
-       lambda dy, cache: {"x": project_backward(dy, cache)[0], **project_backward(dy, cache)[1]},
-       lambda rng: {"x": rng.standard_normal((2, 3, 4)), "w": rng.standard_normal((4, 5)),
-                    "b": rng.standard_normal(5)},
-       covers=(_M + "project_backward",), wrt=("x", "w", "b")),
-    Op("core.causal_conv1d_nobias", causal_conv1d_forward, _two(causal_conv1d_backward),
-       lambda rng: {"x": rng.standard_normal((1, 3, 2)), "w": rng.standard_normal((2, 5))},
-       covers=(_M + "causal_conv1d_backward",), wrt=("x", "w")),
-]

@@ -1,9 +1,10 @@
 """The registry of every forward/backward pair, with a maker of small float64 sample inputs.
 
-Any module of the package may define a module-level list ``GRADCHECKS`` of :class:`Op` entries.
-:func:`all_ops` imports every module of the package and collects them, so ``python -m
-scratch_transformers check`` and ``tests/test_registry.py`` iterate over the same list, and the
-test also fails if a public ``*_backward`` function anywhere in the package is covered by no entry:
+The entries live outside the library, in the ``scratch_transformers.checks`` package: each of its
+modules defines a module-level list ``GRADCHECKS`` of :class:`Op` entries. :func:`all_ops` imports
+those modules (and only those) and collects them, so ``python -m scratch_transformers check`` and
+``tests/test_registry.py`` iterate over the same list. :func:`public_backward_functions` lists every
+public ``*_backward`` function the library defines, and the test fails if one is covered by no entry:
 a new op cannot skip its gradient check.
 """
 
@@ -19,7 +20,8 @@ import numpy as np
 
 from .gradcheck import GradcheckResult, gradcheck
 
-_SKIP_PREFIXES = ("scratch_transformers.__main__", "scratch_transformers.experiments")
+CHECKS_PACKAGE = "scratch_transformers.checks"
+_SKIP_PREFIXES = ("scratch_transformers.__main__", "scratch_transformers.experiments", CHECKS_PACKAGE)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Op:
 
 
 def package_modules() -> list[str]:
-    """Names of every module in the package except the CLI and the experiments."""
+    """Names of every library module: the package without the CLI, the experiments and the checks."""
     import scratch_transformers as pkg
 
     names = []
@@ -63,19 +65,26 @@ def package_modules() -> list[str]:
     return sorted(names)
 
 
+def check_modules() -> list[str]:
+    """Names of the modules of ``scratch_transformers.checks`` (where the registry entries live)."""
+    import scratch_transformers.checks as checks
+
+    return sorted(info.name for info in pkgutil.iter_modules(checks.__path__, prefix=CHECKS_PACKAGE + "."))
+
+
 def all_ops() -> list[Op]:
-    """Every registered Op, in module order."""
+    """Every registered Op: the ``GRADCHECKS`` of every checks module, in module order."""
     ops: list[Op] = []
-    for name in package_modules():
-        module = importlib.import_module(name)
-        ops.extend(getattr(module, "GRADCHECKS", []))
+    for name in check_modules():
+        ops.extend(getattr(importlib.import_module(name), "GRADCHECKS", []))
     return ops
 
 
-def public_backward_functions() -> list[str]:
-    """Qualified names of every public function named ``*_backward`` defined in the package."""
+def public_backward_functions(modules=None) -> list[str]:
+    """Qualified names of every public function named ``*_backward`` defined in ``modules`` (names of
+    modules; default every library module, :func:`package_modules`)."""
     found = []
-    for name in package_modules():
+    for name in package_modules() if modules is None else modules:
         module = importlib.import_module(name)
         for attr, obj in vars(module).items():
             if (attr.endswith("_backward") and not attr.startswith("_") and inspect.isfunction(obj)

@@ -208,3 +208,32 @@ def rng(value, name: str = "rng") -> np.random.Generator:
     if not isinstance(value, np.random.Generator):
         fail(name, "a numpy.random.Generator (np.random.default_rng(seed))", type(value).__name__)
     return value
+
+
+def float_dtype(value, name: str = "dtype") -> np.dtype:
+    """A dtype argument (``np.float32``, ``"float64"``, ...) that must be float32 or float64."""
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        fail(name, "float32 or float64", repr(value))
+    if dtype not in FLOAT_DTYPES:
+        fail(name, "float32 or float64", dtype)
+    return dtype
+
+
+def params(value, shapes: dict, *, name: str = "params", dtype=None, skip: Iterable[str] = ()) -> np.dtype | None:
+    """Check a parameter dict against ``shapes`` (key -> shape, ``None`` a wildcard axis): a dict holding
+    every key of ``shapes`` except those in ``skip`` (e.g. weights replaced by LoRA overrides), each an
+    array of that shape and of one float dtype: ``dtype`` if given, else that of the first key checked.
+    Extra keys are allowed. Returns the dtype (None when every key was skipped)."""
+    if not isinstance(value, dict):
+        fail(name, "a dict name -> array", type(value).__name__)
+    skip = set(skip)
+    for key, shape in shapes.items():
+        if key in skip:
+            continue
+        if key not in value:
+            fail(name, f"a key {key!r}", "none")
+        arr = array(value[key], f"{name}[{key!r}]", shape=shape, float_dtype=dtype is None, dtype=dtype)
+        dtype = arr.dtype if dtype is None else dtype
+    return None if dtype is None else np.dtype(dtype)

@@ -208,27 +208,3 @@ def generate(params, config, prompt, n_new, *, rng, temperature=1.0, top_k=None,
         logits_t, state = step(params, config, nxt, state)
         last = logits_t.astype(np.float64)
     return np.concatenate(out, axis=1)
-
-
-# ------------------------------------------------------------------------------------------------
-from ..core.registry import Op  # noqa: E402
-
-_GC_CONFIG = MambaConfig(vocab_size=7, d_model=4, n_layers=2, d_state=3, expand=2, d_conv=3, dt_rank=2)
-
-
-def _gc_make(rng):
-    params = init_params(_GC_CONFIG, rng)
-    params = {k: v + 0.5 * rng.standard_normal(v.shape) for k, v in params.items()}
-    for i in range(_GC_CONFIG.n_layers):      # dt ~ O(1) so the A_log gradients are not at round-off level
-        params[f"blocks.{i}.mixer.dt_proj.b"] += 2.0
-    return {"tokens": rng.integers(0, 7, size=(2, 5)), **params}
-
-
-def _gc_forward(tokens, **params):
-    return forward(params, _GC_CONFIG, tokens)
-
-
-GRADCHECKS = [
-    Op(name="mamba.lm(tiny)", forward=_gc_forward, backward=lambda dy, cache: backward(dy, cache),
-       make_inputs=_gc_make, covers=(), tol=1e-6, note="whole tiny Mamba LM (2 blocks, tied head)"),
-]

@@ -43,7 +43,6 @@ from ..core.functional import gelu_backward, gelu_forward
 from ..core.layers import (add_grads, cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
                            embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
                            linear_backward, linear_forward, project_backward, project_forward)
-from ..core.registry import Op
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
@@ -88,8 +87,7 @@ class TransformerConfig:
         validate.option(self.rope_layout, "rope_layout", ROPE_LAYOUTS)
         validate.positive(self.rope_scale, "rope_scale")
         validate.positive(self.alibi_scale, "alibi_scale")
-        if not isinstance(self.tie_embeddings, (bool, np.bool_)):
-            validate.fail("tie_embeddings", "a bool", repr(self.tie_embeddings))
+        validate.flag(self.tie_embeddings, "tie_embeddings")
         validate.positive(self.ln_eps, "ln_eps")
         if self.positions == "rope" and self.head_dim % 2:
             validate.fail("d_model", "an even head dimension d_model / n_heads for rope", self.head_dim)
@@ -133,9 +131,7 @@ def init_params(config: TransformerConfig, rng, dtype=np.float64) -> dict[str, n
     std 0.02 / sqrt(2 n_layers) (GPT-2 §2.3), biases 0, layer norms (1, 0)."""
     _check_config(config)
     rng = validate.rng(rng)
-    dtype = np.dtype(dtype)
-    if dtype not in validate.FLOAT_DTYPES:
-        validate.fail("dtype", "float32 or float64", dtype)
+    dtype = validate.float_dtype(dtype)
     D, F = config.d_model, config.d_ff
     res_std = INIT_STD / math.sqrt(2 * config.n_layers)
     params = {"tok_emb": INIT_STD * rng.standard_normal((config.vocab_size, D))}
@@ -216,19 +212,10 @@ class TransformerCache(NamedTuple):
     dtype: np.dtype
 
 
-def _check_params(params, config, linears, dtype_ref=None):
-    if not isinstance(params, dict):
-        validate.fail("params", "a dict name -> array", type(params).__name__)
-    if "tok_emb" not in params:
-        validate.fail("params", "a key 'tok_emb'", "none")
-    dtype = validate.float_array(params["tok_emb"], "params['tok_emb']").dtype
-    for name, shape in param_shapes(config).items():
-        if linears is not None and name in linears:
-            continue
-        if name not in params:
-            validate.fail("params", f"a key {name!r} (see param_shapes(config))", "none")
-        validate.array(params[name], f"params[{name!r}]", shape=shape, dtype=dtype)
-    return dtype
+def _check_params(params, config, linears):
+    """The params' dtype, after checking every array of param_shapes(config) (weights that ``linears``
+    overrides may be absent)."""
+    return validate.params(params, param_shapes(config), skip=linears or ())
 
 
 def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, linears=None):
@@ -247,8 +234,7 @@ def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, 
     B, T = tokens.shape
     if T < 1:
         validate.fail("tokens", "at least one position", tokens.shape)
-    if not isinstance(training, (bool, np.bool_)):
-        validate.fail("training", "a bool", repr(training))
+    validate.flag(training, "training")
     p_drop = config.dropout if training else 0.0
     if p_drop > 0:
         rng = validate.rng(rng, "rng")
@@ -419,41 +405,3 @@ def generate(params, config, prompt, n_new, *, rng=None, temperature=1.0, top_k=
         if step < n_new - 1:
             logits, _ = forward(params, config, tok[:, None], kv_cache=cache, linears=linears)
     return np.concatenate(out, axis=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry: the whole tiny model, float64. Without RoPE the key biases attn.bk get exactly zero
-# gradient (q_i . bk shifts every score of row i equally and softmax is shift invariant, see
-# attention/multihead.py), so they are left out of ``wrt``; with RoPE each key's bias is rotated by
-# its own angle, the shift is no longer constant over j, and bk has a real gradient that is checked.
-
-def _tiny_config(**kw):
-    return TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, d_ff=16, max_len=5, **kw)
-
-
-def _tf_inputs(config, seed_tokens=0):
-    def make(rng):
-        params = init_params(config, rng)
-        for k in params:                                   # move away from the all-zero-bias init
-            params[k] = params[k] + 0.3 * rng.standard_normal(params[k].shape)
-        tokens = rng.integers(0, config.vocab_size, size=(2, 5))
-        return {"_tokens": tokens, "_config": config, **params}
-    return make
-
-
-def _tf_forward(_tokens, _config, **params):
-    return forward(params, _config, _tokens)
-
-
-def _tf_wrt(config):
-    return tuple(k for k in param_shapes(config) if config.positions == "rope" or not k.endswith("attn.bk"))
-
-
-_COVERS = ("scratch_transformers.models.transformer.backward",)
-GRADCHECKS = [
-    Op(name=f"transformer_tiny_{name}", forward=_tf_forward, backward=lambda dy, cache: backward(dy, cache),
-       make_inputs=_tf_inputs(cfg), covers=_COVERS, wrt=_tf_wrt(cfg), max_entries=24)
-    for name, cfg in [("learned", _tiny_config()),
-                      ("rope_tied", _tiny_config(positions="rope", tie_embeddings=True, rope_scale=2.0)),
-                      ("alibi", _tiny_config(positions="alibi", alibi_scale=0.5))]
-]

@@ -65,8 +65,7 @@ def alibi_bias(n_heads: int, n_q: int, n_k: int, *, slopes=None, causal: bool = 
     n_k = validate.positive_int(n_k, "n_k")
     if n_q > n_k:
         validate.fail("n_q", f"n_q <= n_k = {n_k} (queries are the last n_q key positions)", n_q)
-    if not isinstance(causal, (bool, np.bool_)):
-        validate.fail("causal", "a bool", repr(causal))
+    validate.flag(causal, "causal")
     if slopes is None:
         slopes = alibi_slopes(n_heads)
     slopes = validate.array(slopes, "slopes", shape=(n_heads,), finite=True)

@@ -108,8 +108,7 @@ def alibi_interpolation_factor(train_len: int, input_len: int, *, dynamic: bool 
     """
     train_len = validate.positive_int(train_len, "train_len")
     input_len = validate.positive_int(input_len, "input_len")
-    if not isinstance(dynamic, (bool, np.bool_)):
-        validate.fail("dynamic", "a bool", repr(dynamic))
+    validate.flag(dynamic, "dynamic")
     factor = train_len / input_len
     return min(1.0, factor) if dynamic else factor
 

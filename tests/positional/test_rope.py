@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scratch_transformers.core.gradcheck import gradcheck
+from scratch_transformers.checks.positional import GRADCHECKS
 from scratch_transformers.positional.rope import (
-    GRADCHECKS, layout_permutation, rope_backward, rope_forward, rope_inv_freq, rope_rotation_matrix)
+    layout_permutation, rope_backward, rope_forward, rope_inv_freq, rope_rotation_matrix)
 
 
 def complex_rope(x, positions, base=10000.0):

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..core import validate
-from ..core.layers import add_grads, project_backward, project_forward
+from ..core.layers import add_grads, check_linears, project_backward, project_forward
 
 CORES: dict[str, tuple[str, str, str]] = {
     "reference": ("scratch_transformers.attention.reference", "attention_forward", "attention_backward"),
@@ -165,8 +165,7 @@ def mha_forward(x, params, *, prefix="attn", n_heads, core="reference", causal=T
     n_heads = validate.positive_int(n_heads, "n_heads")
     if d_model % n_heads:
         validate.fail("n_heads", f"a divisor of d_model={d_model}", n_heads)
-    if linears is not None and not isinstance(linears, dict):
-        validate.fail("linears", "a dict weight name -> linear object", type(linears).__name__)
+    check_linears(linears)
     validate.params(params, {f"{prefix}.w{n}": (d_model, d_model) for n in PROJECTIONS}, dtype=x.dtype,
                     skip=linears or ())
     validate.flag(causal, "causal")

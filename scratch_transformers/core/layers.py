@@ -26,7 +26,7 @@ from .norm_scaling import layer_norm_scaled, overflowed_rows, rms_norm_scaled
 
 __all__ = [
     "linear_forward", "linear_backward",
-    "ProjectionCache", "project_forward", "project_backward", "add_grads",
+    "ProjectionCache", "project_forward", "project_backward", "add_grads", "check_linears",
     "embedding_forward", "embedding_backward",
     "layer_norm_forward", "layer_norm_backward",
     "rms_norm_forward", "rms_norm_backward",
@@ -98,6 +98,13 @@ class ProjectionCache(NamedTuple):
     inner: Any             # LinearCache of the plain linear, or the override's own cache
 
 
+def check_linears(linears) -> dict | None:
+    """``linears`` (projection overrides, see project_forward) must be None or a dict weight name -> object."""
+    if linears is not None and not isinstance(linears, dict):
+        validate.fail("linears", "None or a dict weight name -> linear object", type(linears).__name__)
+    return linears
+
+
 def project_forward(x, params, w_name, b_name=None, linears=None):
     """y = x @ params[w_name] + params[b_name], or ``linears[w_name].forward(x, params)`` when overridden.
 
@@ -106,10 +113,8 @@ def project_forward(x, params, w_name, b_name=None, linears=None):
     ``forward(x, params) -> (y, cache)`` (bias included) and ``backward(dy, cache) -> (dx, grads)``
     (LoRA's adapted linear). Returns y (..., d_out) and a ProjectionCache.
     """
-    if not isinstance(params, dict):
-        validate.fail("params", "a dict name -> array", type(params).__name__)
-    if linears is not None and not isinstance(linears, dict):
-        validate.fail("linears", "None or a dict weight name -> linear object", type(linears).__name__)
+    validate.params(params, {})
+    check_linears(linears)
     if linears is not None and w_name in linears:
         y, inner = linears[w_name].forward(x, params)
         return y, ProjectionCache(w_name, None, linears[w_name], inner)

@@ -54,10 +54,8 @@ def default_no_decay(name: str, param: np.ndarray) -> bool:
 
 
 def _check_params_grads(params: dict, grads: dict) -> None:
-    if not isinstance(params, dict):
-        validate.fail("params", "a dict[str, np.ndarray]", type(params).__name__)
-    if not isinstance(grads, dict):
-        validate.fail("grads", "a dict[str, np.ndarray]", type(grads).__name__)
+    validate.params(params, {})
+    validate.params(grads, {}, name="grads")
     for k, g in grads.items():
         if k not in params:
             validate.fail("grads", f"only keys present in params (no {k!r} in params)", repr(k))
@@ -270,8 +268,7 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     global norm equals max_norm (no epsilon fudge). Returns the norm *before* clipping (a
     non-finite norm is returned unchanged and the gradients are left alone, so the caller sees it).
     """
-    if not isinstance(grads, dict):
-        validate.fail("grads", "a dict[str, np.ndarray]", type(grads).__name__)
+    validate.params(grads, {}, name="grads")
     max_norm = validate.positive(max_norm, "max_norm")
     total_sq = 0.0
     for k, g in grads.items():

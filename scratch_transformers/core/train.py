@@ -110,8 +110,7 @@ def save_checkpoint(path, params: dict, optimizer, step: int, rng: np.random.Gen
                     history: History | None = None) -> Path:
     """Write a checkpoint atomically to ``path`` (an ``.npz``; see module doc). Returns the path."""
     path = Path(os.fspath(path))
-    if not isinstance(params, dict):
-        validate.fail("params", "a dict[str, np.ndarray]", type(params).__name__)
+    validate.params(params, {})
     step = validate.integer(step, "step", low=0)
     rng = validate.rng(rng)
     if not hasattr(optimizer, "state_dict"):
@@ -179,27 +178,20 @@ def train(loss_and_grads: Callable, params: dict, optimizer, next_batch: Callabl
     of the run, so a resumed call with the same ``steps`` finishes the original run.
     stop_on_nonfinite: raise FloatingPointError when a loss is NaN/inf (after recording it).
     """
-    if not callable(loss_and_grads):
-        validate.fail("loss_and_grads", "a callable(params, batch, rng) -> (loss, grads)", type(loss_and_grads).__name__)
-    if not callable(next_batch):
-        validate.fail("next_batch", "a callable(rng, step) -> batch", type(next_batch).__name__)
-    if not isinstance(params, dict):
-        validate.fail("params", "a dict[str, np.ndarray]", type(params).__name__)
+    validate.function(loss_and_grads, "loss_and_grads", "(params, batch, rng) -> (loss, grads)")
+    validate.function(next_batch, "next_batch", "(rng, step) -> batch")
+    validate.params(params, {})
     if not hasattr(optimizer, "step"):
         validate.fail("optimizer", "an optimizer with step(params, grads, lr=None)", type(optimizer).__name__)
-    steps = validate.integer(steps, "steps", low=0)
+    steps, rng = validate.integer(steps, "steps", low=0), validate.rng(rng)
     resume = validate.flag(resume, "resume")
     progress = validate.flag(progress, "progress")
     stop_on_nonfinite = validate.flag(stop_on_nonfinite, "stop_on_nonfinite")
-    rng = validate.rng(rng)
-    if lr_schedule is not None and not callable(lr_schedule):
-        validate.fail("lr_schedule", "a callable(step) -> lr or None", type(lr_schedule).__name__)
-    if clip_norm is not None:
-        clip_norm = validate.positive(clip_norm, "clip_norm")
+    validate.function(lr_schedule, "lr_schedule", "(step) -> lr", optional=True)
+    clip_norm = None if clip_norm is None else validate.positive(clip_norm, "clip_norm")
     eval_every = validate.integer(eval_every, "eval_every", low=0)
     checkpoint_every = validate.integer(checkpoint_every, "checkpoint_every", low=0)
-    if eval_fn is not None and not callable(eval_fn):
-        validate.fail("eval_fn", "a callable(params) -> dict[str, float] or None", type(eval_fn).__name__)
+    validate.function(eval_fn, "eval_fn", "(params) -> dict[str, float]", optional=True)
     if eval_every and eval_fn is None:
         validate.fail("eval_fn", "a callable when eval_every > 0", None)
     if (checkpoint_every or resume) and checkpoint_path is None:

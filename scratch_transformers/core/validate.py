@@ -221,6 +221,14 @@ def float_dtype(value, name: str = "dtype") -> np.dtype:
     return dtype
 
 
+def function(value, name: str, signature: str, *, optional: bool = False):
+    """A callable argument (``optional``: or None); ``signature`` says what it is called with and returns,
+    e.g. ``"(rng, step) -> batch"``. Returns value."""
+    if not (callable(value) or (optional and value is None)):
+        fail(name, f"a callable{signature}" + (" or None" if optional else ""), type(value).__name__)
+    return value
+
+
 def params(value, shapes: dict, *, name: str = "params", dtype=None, skip: Iterable[str] = ()) -> np.dtype | None:
     """Check a parameter dict against ``shapes`` (key -> shape, ``None`` a wildcard axis): a dict holding
     every key of ``shapes`` except those in ``skip`` (e.g. weights replaced by LoRA overrides), each an

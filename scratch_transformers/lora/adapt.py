@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core import validate
 from ..core.io import atomic_write
+from ..core.layers import check_linears
 from .linear import INITS, init_lora, lora_linear_backward, lora_linear_forward, lora_scale, merge, unmerge
 
 DEFAULT_TARGETS = ("attn.wq", "attn.wv")  # the paper's main choice: W_q and W_v (Table 5)
@@ -73,8 +74,7 @@ def _matches(name: str, pattern: str) -> bool:
 def find_targets(params: dict, targets=DEFAULT_TARGETS) -> list[str]:
     """Names of the 2-D weights in ``params`` matching any target pattern (sorted). Raises ValueError
     if a pattern matches nothing or matches a non-matrix."""
-    if not isinstance(params, dict):
-        validate.fail("params", "a dict name -> array", type(params).__name__)
+    validate.params(params, {})
     if isinstance(targets, str):
         targets = (targets,)
     found = set()
@@ -116,8 +116,7 @@ def init_adapters(params: dict, config: LoRAConfig, rng) -> dict:
 
 def adapted_names(adapters: dict) -> list[str]:
     """Weight names that ``adapters`` adapts (each needs both its lora_A and lora_B)."""
-    if not isinstance(adapters, dict):
-        validate.fail("adapters", "a dict name -> array", type(adapters).__name__)
+    validate.params(adapters, {}, name="adapters")
     names = sorted(k[: -len(".lora_A")] for k in adapters if k.endswith(".lora_A"))
     for k in adapters:
         if not (k.endswith(".lora_A") or k.endswith(".lora_B")):
@@ -177,14 +176,9 @@ def adapter_loss_and_grads(model_loss_and_grads: Callable, base_params: dict, li
     adapters only: f(adapters, *args, **kw) -> (loss, grads restricted to the adapter keys). The base
     params are frozen (their gradients are dropped), so an optimizer given ``adapters`` keeps state for
     r (d_in + d_out) numbers per adapted matrix instead of the whole model (LoRA §4.2)."""
-
-    if not callable(model_loss_and_grads):
-        validate.fail("model_loss_and_grads", "a callable(params, ..., linears=...) -> (loss, grads)",
-                      type(model_loss_and_grads).__name__)
-    if not isinstance(base_params, dict):
-        validate.fail("base_params", "a dict name -> array", type(base_params).__name__)
-    if linears is not None and not isinstance(linears, dict):
-        validate.fail("linears", "None or a dict weight name -> LoRALinear", type(linears).__name__)
+    validate.function(model_loss_and_grads, "model_loss_and_grads", "(params, ..., linears=...) -> (loss, grads)")
+    validate.params(base_params, {}, name="base_params")
+    check_linears(linears)
 
     def loss_and_grads(adapters, *args, **kw):
         loss, grads = model_loss_and_grads({**base_params, **adapters}, *args, linears=linears, **kw)

@@ -40,7 +40,7 @@ import numpy as np
 from ..attention.multihead import CORES, KVCache, init_mha, mha_backward, mha_forward
 from ..core import validate
 from ..core.functional import gelu_backward, gelu_forward
-from ..core.layers import (add_grads, cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
+from ..core.layers import (add_grads, check_linears, cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
                            embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
                            linear_backward, linear_forward, project_backward, project_forward)
 
@@ -227,8 +227,7 @@ def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, 
     the params' dtype and a TransformerCache for backward.
     """
     config = _check_config(config)
-    if linears is not None and not isinstance(linears, dict):
-        validate.fail("linears", "a dict weight name -> linear object", type(linears).__name__)
+    check_linears(linears)
     dtype = _check_params(params, config, linears)
     tokens = validate.int_array(tokens, "tokens", ndim=2, low=0, high=config.vocab_size)
     B, T = tokens.shape

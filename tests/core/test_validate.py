@@ -51,3 +51,43 @@ def test_broadcastable_and_bool():
         validate.broadcastable(np.zeros((2, 5)), "bias", (2, 3, 5))
     with pytest.raises(ValueError, match="boolean"):
         validate.bool_array(np.zeros(3, np.int8), "mask")
+
+
+def test_float_dtype_accepts_float32_float64_only():
+    assert validate.float_dtype(np.float32) == np.dtype(np.float32)
+    assert validate.float_dtype("float64") == np.dtype(np.float64)
+    assert validate.float_dtype(None) == np.dtype(np.float64)           # as np.dtype(None)
+    for bad in (np.int64, "float16", "not a dtype", int):
+        with pytest.raises(ValueError, match=r"^dtype: expected float32 or float64, got"):
+            validate.float_dtype(bad)
+
+
+def test_params_checks_keys_shapes_and_one_dtype():
+    p = {"w": np.zeros((3, 4)), "b": np.zeros(4), "extra": "ignored"}
+    assert validate.params(p, {"w": (3, None), "b": (4,)}) == np.dtype(np.float64)
+    assert validate.params(p, {"w": (3, 4), "missing": (1,)}, skip=("missing",)) == np.dtype(np.float64)
+    assert validate.params(p, {}) is None
+    with pytest.raises(ValueError, match=r"^params: expected a dict name -> array, got list"):
+        validate.params([p["w"]], {"w": (3, 4)})
+    with pytest.raises(ValueError, match=r"^params: expected a key 'c', got none"):
+        validate.params(p, {"w": (3, 4), "c": (4,)})
+    with pytest.raises(ValueError, match=r"^params\['w'\]: expected shape \(3, 5\), got \(3, 4\)"):
+        validate.params(p, {"w": (3, 5)})
+    with pytest.raises(ValueError, match=r"^params\['b'\]: expected dtype float64, got float32"):
+        validate.params({"w": p["w"], "b": np.zeros(4, np.float32)}, {"w": (3, 4), "b": (4,)})
+    with pytest.raises(ValueError, match=r"^params\['w'\]: expected dtype float32 or float64, got int64"):
+        validate.params({"w": np.zeros((3, 4), np.int64)}, {"w": (3, 4)})
+    with pytest.raises(ValueError, match=r"^weights\['w'\]: expected dtype float32, got float64"):
+        validate.params(p, {"w": (3, 4)}, name="weights", dtype=np.float32)
+
+
+def test_function_requires_a_callable():
+    f = validate.function(len, "f", "(x) -> int")
+    assert f is len
+    assert validate.function(None, "f", "(x) -> int", optional=True) is None
+    with pytest.raises(ValueError, match=r"^f: expected a callable\(x\) -> int, got int"):
+        validate.function(3, "f", "(x) -> int")
+    with pytest.raises(ValueError, match=r"^f: expected a callable\(x\) -> int or None, got str"):
+        validate.function("x", "f", "(x) -> int", optional=True)
+    with pytest.raises(ValueError, match=r"^f: expected a callable"):
+        validate.function(None, "f", "(x) -> int")

@@ -15,9 +15,11 @@ forward/backward take the keyword options of ``attention.reference.attention_for
 
 The four projections go through ``core.layers.project_forward``: ``linears`` (used by LoRA) maps a
 weight name such as ``"blocks.0.attn.wq"`` to an object with ``forward(x, params) -> (y, cache)`` (bias
-included) and ``backward(dy, cache) -> (dx, grads dict)`` that replaces that projection. ``kv_cache`` (a :class:`KVCache`) makes the call an incremental decode
-step: the new keys/values are written into the cache (in place, ``length`` advances) and the queries
-attend to everything cached so far with bottom-right causal alignment. Decode steps are forward-only.
+included) and ``backward(dy, cache) -> (dx, grads dict)`` that replaces that projection.
+
+``kv_cache`` (a :class:`KVCache`) makes the call an incremental decode step: the new keys/values are
+written into the cache (in place, ``length`` advances) and the queries attend to everything cached so
+far with bottom-right causal alignment. Decode steps are forward-only.
 """
 
 from __future__ import annotations

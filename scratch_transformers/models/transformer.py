@@ -40,9 +40,10 @@ import numpy as np
 from ..attention.multihead import CORES, KVCache, init_mha, mha_backward, mha_forward
 from ..core import validate
 from ..core.functional import gelu_backward, gelu_forward
-from ..core.layers import (add_grads, check_linears, cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
-                           embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
-                           linear_backward, linear_forward, project_backward, project_forward)
+from ..core.layers import (add_grads, check_linears, cross_entropy_backward, cross_entropy_forward,
+                           dropout_backward, dropout_forward, embedding_backward, embedding_forward,
+                           layer_norm_backward, layer_norm_forward, linear_backward, linear_forward,
+                           project_backward, project_forward)
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")

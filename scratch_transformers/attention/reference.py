@@ -98,22 +98,30 @@ class AttentionArgs(NamedTuple):
     dropout_mask: np.ndarray | None     # bool, broadcastable to (B, H, Nq, Nk)
 
 
-def check_attention_args(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p,
-                         dropout_mask) -> AttentionArgs:
-    """Validate the options every attention core shares (this reference and ``attention.flash``);
-    return them normalised (scale defaulted to 1/sqrt(d)). How dropout is driven (an explicit mask
-    here, a seed in flash) is each core's own check."""
+def check_qkv(q, k, v):
+    """q (B, H, Nq, d), k (B, H, Nk, d), v (B, H, Nk, dv) of one float dtype, every size >= 1 (the check
+    every attention core opens with). Returns (q, k, v) as arrays."""
     q = validate.float_array(q, "q", ndim=4)
     b, h, n_q, d = q.shape
     if d < 1 or n_q < 1:
         validate.fail("q", "Nq >= 1 and head dimension d >= 1", q.shape)
     k = validate.array(k, "k", shape=(b, h, None, d), dtype=q.dtype)
-    n_k = k.shape[2]
-    if n_k < 1:
+    if k.shape[2] < 1:
         validate.fail("k", "at least one key (Nk >= 1)", k.shape)
-    v = validate.array(v, "v", shape=(b, h, n_k, None), dtype=q.dtype)
+    v = validate.array(v, "v", shape=(b, h, k.shape[2], None), dtype=q.dtype)
     if v.shape[3] < 1:
         validate.fail("v", "value dimension dv >= 1", v.shape)
+    return q, k, v
+
+
+def check_attention_args(q, k, v, scale, causal, causal_alignment, bias, key_padding_mask, dropout_p,
+                         dropout_mask) -> AttentionArgs:
+    """Validate the options every attention core shares (this reference and ``attention.flash``);
+    return them normalised (scale defaulted to 1/sqrt(d)). How dropout is driven (an explicit mask
+    here, a seed in flash) is each core's own check."""
+    q, k, v = check_qkv(q, k, v)
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
     scale = float(1.0 / np.sqrt(d)) if scale is None else validate.positive(scale, "scale")
     if not isinstance(causal, (bool, np.bool_)):
         validate.fail("causal", "a bool", repr(causal))

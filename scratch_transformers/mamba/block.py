@@ -103,18 +103,20 @@ class _Dims(NamedTuple):
 
 
 def _dims(params, prefix, dtype) -> _Dims:
-    """The block's sizes, read from its parameters after checking every one (keys, shapes, dtype)."""
+    """The block's sizes, read from its parameters after checking every one (keys, dtype, shapes)."""
     p = prefix + "."
     selective = isinstance(params, dict) and (p + "x_proj.w") in params
-    mats = ["in_proj.w", "conv.w", "A_log"] + (["x_proj.w", "dt_proj.w"] if selective else [])
-    validate.params(params, {p + k: (None, None) for k in mats}, dtype=dtype)
+    mats = ["in_proj.w", "conv.w", "A_log", "out_proj.w"] + (["x_proj.w", "dt_proj.w"] if selective else [])
+    vecs = ["conv.b", "D", "dt_proj.b"] + ([] if selective else ["B", "C"])
+    validate.params(params, {p + k: (None, None) for k in mats} | {p + k: (None,) for k in vecs}, dtype=dtype)
     d_model, two_D = params[p + "in_proj.w"].shape
     D, N, K = two_D // 2, params[p + "A_log"].shape[1], params[p + "conv.w"].shape[1]
     R = params[p + "dt_proj.w"].shape[0] if selective else 0
     shapes = {"in_proj.w": (d_model, 2 * D), "conv.w": (D, K), "conv.b": (D,), "A_log": (D, N), "D": (D,),
               "dt_proj.b": (D,), "out_proj.w": (D, d_model)}
     shapes.update({"x_proj.w": (D, R + 2 * N), "dt_proj.w": (R, D)} if selective else {"B": (N,), "C": (N,)})
-    validate.params(params, {p + k: shape for k, shape in shapes.items()}, dtype=dtype)
+    for k, shape in shapes.items():
+        validate.array(params[p + k], p + k, shape=shape)
     return _Dims(d_model, D, N, K, R, selective)
 
 

@@ -13,7 +13,7 @@ No hidden-to-hidden weights: the gates depend on x only, so the three input proj
 and only the elementwise recurrence h_t = f_t h_{t-1} + (1 - f_t) c_t runs over time.
 
 Official-code form (``variant="official"``: ridgerchu/matmulfreellm ``HGRNBitAttention``), documented option:
-no biases; an optional forget-gate lower bound l (d,) in [0, 1) as in HGRN (arXiv 2311.04823 §3; the model passes
+no biases; an optional forget-gate lower bound l (d,) in [0, 1) as in HGRN (arXiv 2311.04823; the model passes
 one per layer, increasing with depth): f_t = l + (1 - l) sigmoid(a_f); the input term is silu(a_c) * (1 - f_t) (the
 same recurrence); and the output gate is RMSNorm(a_g) * gate_norm * silu(h_t) instead of sigmoid(a_g) * h_t.
 

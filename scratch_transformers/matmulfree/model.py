@@ -14,7 +14,7 @@ kernel of ternary_kernel.py on 2-bit or base-3 weights (or, for comparison, a fl
 weights, fmt "dense"), and its logits equal the training forward's to float rounding (``step_logits``).
 
 Official-code variant (config.variant="official", lower_bound=True): HGRN's per-layer forget-gate lower bounds
-(arXiv 2311.04823 §3; reference code): P = softmax(Gamma) over the layer axis per channel, l_k = sum_{j=1..k} P_j,
+(arXiv 2311.04823, as in the reference code): P = softmax(Gamma) over the layer axis per channel, l_k = sum_{j=1..k} P_j,
 so l_0 = 0 and the bounds increase with depth; backward dP_j = sum_{k>=j} dl_k (j >= 1), dGamma = P (dP - sum_j P_j dP_j).
 
 Glossary (parameter names -> paper)

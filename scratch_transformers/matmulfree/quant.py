@@ -63,7 +63,7 @@ def absmean_ternary(w, floor: float = SCALE_FLOOR) -> Quantized:
 
 
 def absmax_int8(x, floor: float = SCALE_FLOOR, max_abs=None) -> Quantized:
-    """Per-token absmax int8 code of activations (BitNet absmax, per token as in 2402.17764 §2).
+    """Per-token absmax int8 code of activations (BitNet absmax, per token as the b1.58 text 2402.17764 states).
 
     x: (..., d) float32/float64, finite; the token axis is the last one.
     eta = max(max_j |x_j|, floor) per token, or ``max_abs`` (a positive number or an array broadcastable to

@@ -10,8 +10,9 @@ uint8, outputs contiguous, so the kernel streams row b past the table of group b
     "base3"  5 weights per byte (3^5 = 243 <= 256, log2(3) = 1.585 -> 1.6 bits): byte = sum_k (W~_k + 1) 3^k
     a last partial group is padded with weight 0.
 
-Kernel: the lookup-table formulation of bitnet.cpp's TL kernels (Wang et al., arXiv 2410.16144 §3, "bitnet.cpp"). For
-every group of G activations (G = 4 for "2bit", 5 for "base3") a table holds the signed sum for every possible byte:
+Kernel: the lookup-table formulation of bitnet.cpp's TL kernels (Wang et al., "Bitnet.cpp: Efficient Edge
+Inference for Ternary LLMs", arXiv 2502.11880: Ternary Lookup Table, TL). For every group of G activations
+(G = 4 for "2bit", 5 for "base3") a table holds the signed sum for every possible byte:
 
     T[b, v] = sum_k sign_k(v) x~_{G b + k},   built by additions/subtractions only (``_build_tables``)
 

@@ -152,7 +152,8 @@ def attention_forward(q, k, v, *, scale=None, causal=False, causal_alignment="to
     applied after the softmax as P * mask / (1 - dropout_p) (FA-1 Alg. 2 line 14); the row
     statistics (lse) come from the undropped P. dropout_p > 0 needs an explicit dropout_mask, or a
     dropout_seed: then the mask is the counter-based keep-mask that ``attention.flash`` applies with
-    that seed (``attention.dropout.flash_dropout_mask``), materialised here, so both cores compute the same function.
+    that seed (``attention.dropout.flash_dropout_mask``), materialised here, so both cores compute the
+    same function.
 
     Returns out (B, H, Nq, dv) in the input dtype and an AttentionCache (with lse (B, H, Nq)).
     """

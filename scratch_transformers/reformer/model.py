@@ -241,7 +241,7 @@ def generate(params, config, prompt, n_new, *, rng, greedy=False, temperature=1.
     seq = prompt.astype(np.int64)
     for _ in range(n_new):
         logits, _ = forward(params, config, seq, rng=rng, n_hashes=n_hashes, attention=attention)
-        last = logits[:, -1].astype(np.float64)                              # (B, V)
+        last = validate.sampling_logits(logits[:, -1].astype(np.float64), "logits")   # (B, V); NaN: raise
         if greedy:
             tok = np.argmax(last, axis=-1)
         else:

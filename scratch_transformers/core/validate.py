@@ -224,6 +224,7 @@ def float_dtype(value, name: str = "dtype") -> np.dtype:
 def function(value, name: str, signature: str, *, optional: bool = False):
     """A callable argument (``optional``: or None); ``signature`` says what it is called with and returns,
     e.g. ``"(rng, step) -> batch"``. Returns value."""
+    optional = flag(optional, "optional")
     if not (callable(value) or (optional and value is None)):
         fail(name, f"a callable{signature}" + (" or None" if optional else ""), type(value).__name__)
     return value

@@ -23,6 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..core import validate
 from .catalog import Exercise, find
 from .diagnose import diagnose, relative_error
 from .hard_cases import input_sets
@@ -270,6 +271,7 @@ def attempt_from_file(path, name: str | None = None) -> Attempt:
 
 def check(attempt: Attempt, *, hard: bool = True, entries: int | None = None, out=None) -> bool:
     """Run every input set, print the report, return True when every input gradient of every set passes."""
+    hard = validate.flag(hard, "hard")
     out = out or sys.stdout
     ex = attempt.ex
     print(f"exercise {ex.name}: {ex.backward_name}  (float64, tol {ex.op.tol:g}; rel err = max|diff| / max|grad|)",
@@ -312,6 +314,7 @@ def check(attempt: Attempt, *, hard: bool = True, entries: int | None = None, ou
 
 def check_file(path, *, name: str | None = None, hard: bool = True, entries: int | None = None, out=None) -> int:
     """Exit status of ``exercise check``: 0 when every input passes, 1 otherwise (2 for an unusable file)."""
+    hard = validate.flag(hard, "hard")
     out = out or sys.stdout
     from .kernels import KERNELS, check_kernel_file
 

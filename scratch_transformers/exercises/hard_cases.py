@@ -14,6 +14,7 @@ import copy
 
 import numpy as np
 
+from ..core import validate
 from ..checks.hard_cases import HARD_INPUTS
 from ..core.registry import Op
 
@@ -52,6 +53,7 @@ def mask_variants(op: Op, inputs: dict, rng: np.random.Generator):
 
 def input_sets(op: Op, *, hard: bool = True):
     """(label, inputs, seed) for every set to check; the first is the registry's sample inputs."""
+    hard = validate.flag(hard, "hard")
     yield "sample inputs", op.make_inputs(np.random.default_rng(SAMPLE_SEED)), SAMPLE_SEED
     if not hard:
         return

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..core import validate
 from ..attention.reference import attention_forward
 from ..mamba.scan import selective_scan_forward
 from .diagnose import diagnose, relative_error
@@ -188,6 +189,7 @@ def difficulty(name: str) -> int:
 
 
 def check_kernel_file(path, name: str, *, hard: bool = True, out=None) -> int:
+    hard = validate.flag(hard, "hard")
     out = out or sys.stdout
     from .checker import LearnerError, load_module, where
 

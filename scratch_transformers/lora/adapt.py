@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Callable
 
@@ -160,6 +160,7 @@ class LoRALinear:
 
 def make_linears(params: dict, adapters: dict, config: LoRAConfig, *, rng=None) -> dict:
     """The ``linears`` dict for a model forward: weight name -> LoRALinear, for every adapted weight."""
+    check_rank(adapters, config)
     if not isinstance(config, LoRAConfig):
         validate.fail("config", "a LoRAConfig", type(config).__name__)
     out = {}
@@ -191,8 +192,24 @@ def adapter_loss_and_grads(model_loss_and_grads: Callable, base_params: dict, li
     return loss_and_grads
 
 
+def check_rank(adapters: dict, config: LoRAConfig) -> list[str]:
+    """The adapted weight names, after checking every pair has the config's rank: lora_A (d_in, r) and
+    lora_B (r, d_out) with r = config.r (the scale alpha / r depends on it: a config of another rank
+    would merge with the wrong scale)."""
+    if not isinstance(config, LoRAConfig):
+        validate.fail("config", "a LoRAConfig", type(config).__name__)
+    names = adapted_names(adapters)
+    for name in names:
+        ka, kb = adapter_keys(name)
+        sa, sb = np.shape(adapters[ka]), np.shape(adapters[kb])
+        if len(sa) != 2 or len(sb) != 2 or sa[1] != config.r or sb[0] != config.r:
+            validate.fail("config.r", f"the rank of the adapters ({ka} {sa}, {kb} {sb})", config.r)
+    return names
+
+
 def merge_adapters(params: dict, adapters: dict, config: LoRAConfig) -> dict:
     """A new params dict with every adapted weight replaced by W0 + s A B (the other arrays are shared)."""
+    check_rank(adapters, config)
     out = dict(params)
     for name in adapted_names(adapters):
         ka, kb = adapter_keys(name)
@@ -204,6 +221,7 @@ def merge_adapters(params: dict, adapters: dict, config: LoRAConfig) -> dict:
 
 def unmerge_adapters(params: dict, adapters: dict, config: LoRAConfig) -> dict:
     """Inverse of merge_adapters: W0 = W - s A B for every adapted weight."""
+    check_rank(adapters, config)
     out = dict(params)
     for name in adapted_names(adapters):
         ka, kb = adapter_keys(name)
@@ -233,9 +251,15 @@ def load_adapters(path) -> tuple[dict, LoRAConfig]:
             validate.fail("path", f"an adapter file with a {_CONFIG_KEY!r} entry", str(path))
         cfg = json.loads(str(f[_CONFIG_KEY]))
         adapters = {k: f[k] for k in f.files if k != _CONFIG_KEY}
+    fields = {f.name for f in dataclass_fields(LoRAConfig)}
+    if not isinstance(cfg, dict) or set(cfg) != fields:   # no silent defaults: a file without r is not r = 8
+        got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
+        validate.fail("path", f"an adapter config with exactly the fields {sorted(fields)} (missing "
+                      f"{sorted(fields - set(cfg)) if isinstance(cfg, dict) else '?'})", got)
     cfg["targets"] = tuple(cfg["targets"])
-    adapted_names(adapters)
-    return adapters, LoRAConfig(**cfg)
+    config = LoRAConfig(**cfg)
+    check_rank(adapters, config)
+    return adapters, config
 
 
 def apply_adapters(base_params: dict, adapters: dict, config: LoRAConfig) -> dict:

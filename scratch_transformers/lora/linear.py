@@ -29,6 +29,7 @@ INITS = ("kaiming_uniform", "gaussian")
 
 def lora_scale(alpha, r, *, rslora: bool = False) -> float:
     """The adapter's scale s: alpha / r (LoRA §4.1) or alpha / sqrt(r) (rsLoRA, Theorem 3.2)."""
+    rslora = validate.flag(rslora, "rslora")
     alpha = validate.real(alpha, "alpha")
     r = validate.positive_int(r, "r")
     return alpha / np.sqrt(r) if rslora else alpha / r
@@ -77,6 +78,7 @@ def lora_linear_forward(x, w0, b0, a, b, *, scale, dropout_p=0.0, rng=None, trai
     is active when training and dropout_p > 0, with the keep-mask drawn from ``rng`` or given as
     ``dropout_mask`` (bool, shape of x). Returns y (..., d_out) and the cache for lora_linear_backward.
     """
+    training = validate.flag(training, "training")
     x = validate.float_array(x, "x", min_ndim=1)
     d_in = x.shape[-1]
     w0 = validate.float_array(w0, "w0", ndim=2, shape=(d_in, None))
@@ -169,8 +171,9 @@ def subspace_similarity(a1, a2):
     A are our left-singular vectors U. Returns phi (r1, r2) with phi[i-1, j-1] in [0, 1]. For independent
     random subspaces E[phi] ~ max(i, j) / d_in.
     """
-    a1 = validate.float_array(a1, "a1", ndim=2)
-    a2 = validate.array(a2, "a2", ndim=2, shape=(a1.shape[0], None), dtype=a1.dtype)
+    # finite only: an SVD analysis cannot carry a NaN through, and an inf entry made LAPACK spin for minutes
+    a1 = validate.float_array(a1, "a1", ndim=2, finite=True)
+    a2 = validate.array(a2, "a2", ndim=2, shape=(a1.shape[0], None), dtype=a1.dtype, finite=True)
     if a1.shape[1] > a1.shape[0] or a2.shape[1] > a2.shape[0]:
         validate.fail("a1, a2", "rank <= d_in", (a1.shape, a2.shape))
     u1 = np.linalg.svd(a1.astype(np.float64), full_matrices=False)[0]   # (d_in, r1), by singular value

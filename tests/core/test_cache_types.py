@@ -6,8 +6,7 @@ import pytest
 
 from scratch_transformers.core.registry import all_ops
 
-# core.project: project_backward is the structure engineer's (issue 11), checked in its own tests
-CORE = [op for op in all_ops() if op.name.startswith("core.") and op.name != "core.project"]
+CORE = [op for op in all_ops() if op.name.startswith("core.")]
 
 
 RUNS = {op.name: op.forward(**op.make_inputs(np.random.default_rng(0))) for op in CORE}   # (y, cache)

@@ -56,7 +56,25 @@ def _flash(b, h, n_q, n_k, d, pad_rows=()):
     return make
 
 
+def _scan(nb, L, Dd, N, softplus, with_options):
+    """The scan entries' keys (checks/mamba_scan.py) at other sizes."""
+    def make(rng):
+        out = dict(u=rng.standard_normal((nb, L, Dd)),
+                   delta=rng.standard_normal((nb, L, Dd)) * 0.5 + (0.0 if softplus else 1.0),
+                   A=-np.exp(rng.standard_normal((Dd, N)) * 0.5), B=rng.standard_normal((nb, L, N)),
+                   C=rng.standard_normal((nb, L, N)))
+        if with_options:
+            out.update(D=rng.standard_normal(Dd), z=rng.standard_normal((nb, L, Dd)),
+                       delta_bias=rng.standard_normal(Dd) * 0.3, h0=rng.standard_normal((nb, Dd, N)))
+        return out
+    return make
+
+
 HARD_INPUTS = {
+    "mamba.selective_scan(softplus, D, z, bias, h0)": (("odd sizes", _scan(1, 7, 5, 3, True, True)),
+                                                       ("length 1", _scan(1, 1, 2, 3, True, True))),
+    "mamba.selective_scan(plain)": (("odd sizes", _scan(1, 7, 5, 3, False, False)),
+                                    ("length 1", _scan(1, 1, 2, 3, False, False))),
     "core.linear": (("odd sizes", _linear(1, 7, 3, 1)), ("length 1", _linear(1, 1, 5, 2))),
     "core.layer_norm": (("odd sizes", _norm((3, 7, 5))), ("length 1", _norm((1, 1, 3)))),
     "core.rms_norm": (("odd sizes", _norm((3, 7, 5), bias=False)), ("length 1", _norm((1, 1, 3), bias=False))),

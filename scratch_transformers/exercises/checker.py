@@ -244,8 +244,9 @@ def transposed_hint(got, want) -> str:
     return ""
 
 
-def attempt_from_file(path, name: str | None = None) -> Attempt:
-    module = load_module(path)
+def attempt_from_file(path, name: str | None = None, module=None) -> Attempt:
+    """The Attempt a learner's file makes (``module``: the file, if already imported)."""
+    module = load_module(path) if module is None else module
     name = name or getattr(module, "EXERCISE", None)
     if not isinstance(name, str):
         raise LearnerError(f"{path}: no EXERCISE = '<name>' line (the file `exercise start` writes has one)")
@@ -319,16 +320,12 @@ def check_file(path, *, name: str | None = None, hard: bool = True, entries: int
     from .kernels import KERNELS, check_kernel_file
 
     try:
-        module_name = name or _declared_name(path)
-        if module_name in KERNELS:
-            return check_kernel_file(path, module_name, hard=hard, out=out)
-        attempt = attempt_from_file(path, name)
+        module = load_module(path)
+        declared = name or getattr(module, "EXERCISE", None)
+        if declared in KERNELS:
+            return check_kernel_file(path, declared, hard=hard, out=out, module=module)
+        attempt = attempt_from_file(path, name, module)
     except LearnerError as err:
         print(f"error: {err}", file=out)
         return 2
     return 0 if check(attempt, hard=hard, entries=entries, out=out) else 1
-
-
-def _declared_name(path):
-    module = load_module(path)
-    return getattr(module, "EXERCISE", None)

@@ -188,14 +188,15 @@ def difficulty(name: str) -> int:
     return {"flash_forward": 12, "selective_scan_forward": 5}[name]
 
 
-def check_kernel_file(path, name: str, *, hard: bool = True, out=None) -> int:
+def check_kernel_file(path, name: str, *, hard: bool = True, out=None, module=None) -> int:
+    """Exit status of ``exercise check`` for a kernel exercise (``module``: the file, if already imported)."""
     hard = validate.flag(hard, "hard")
-    out = out or sys.stdout
     from .checker import LearnerError, load_module, where
 
+    out = out or sys.stdout
     ex = KERNELS[name]
     try:
-        module = load_module(path)
+        module = load_module(path) if module is None else module
     except LearnerError as err:
         print(f"error: {err}", file=out)
         return 2

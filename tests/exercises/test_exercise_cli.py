@@ -178,3 +178,49 @@ def test_kernel_mistakes_are_caught(tmp_path, capsys):
     assert code == 1
     assert "[pass] sample inputs" in out           # no D in the sample
     assert "[FAIL] skip D, gate z, delta_bias, softplus, h0" in out
+
+
+@pytest.mark.parametrize("ex", catalog(), ids=lambda ex: ex.name)
+def test_every_stub_imports_and_has_the_library_signature(ex, tmp_path):
+    import inspect
+
+    from scratch_transformers.exercises.stub import render
+
+    text = render(ex, "f.py")
+    space = {}
+    exec(compile(text, ex.name, "exec"), space)
+    fn = space[ex.backward.__name__]
+    assert list(inspect.signature(fn).parameters) == list(inspect.signature(ex.backward).parameters)
+    assert space["EXERCISE"] == ex.name
+    if ex.forward is not None:
+        assert space[ex.forward.__name__] is ex.forward          # the library forward, re-exported
+    with pytest.raises(NotImplementedError):
+        fn(*[None] * len([p for p in inspect.signature(fn).parameters.values() if p.default is p.empty]))
+
+
+def test_a_learners_own_forward_is_used(tmp_path, capsys):
+    path = tmp_path / "own.py"
+    path.write_text("""import numpy as np
+EXERCISE = 'core.linear'
+
+def linear_forward(x, w, b=None):
+    y = x @ w + (0 if b is None else b)
+    return y, (x, w, b is not None)
+
+def linear_backward(dy, cache):
+    x, w, has_b = cache
+    rows = tuple(range(dy.ndim - 1))
+    return dy @ w.T, x.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1]), dy.sum(rows) if has_b else None
+""")
+    code, out = run(["exercise", "check", str(path)], capsys)
+    assert code == 0, out
+    path.write_text(path.read_text().replace("y = x @ w +", "y = 2 * x @ w +"))   # forward wrong: said so
+    code, out = run(["exercise", "check", str(path)], capsys)
+    assert code == 1 and "your forward's output differs" in out
+
+
+def test_scan_hard_cases_run_and_pass_with_the_library():
+    ex = find("mamba.selective_scan(plain)")
+    buf = io.StringIO()
+    assert check(Attempt(ex, ex.backward), hard=True, entries=3, out=buf), buf.getvalue()
+    assert "[pass] length 1" in buf.getvalue() and "[pass] odd sizes" in buf.getvalue()

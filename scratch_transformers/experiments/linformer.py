@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import data, optim, train, validate
+from ..core import data, validate
 from ..core.measure import interleaved_seconds
 from ..linformer import cumulative_singular_values
 from ..models import encoder as enc
-from .common import ExperimentResult, markdown_table, savefig
+from .common import ExperimentResult, fit, markdown_table, savefig
 
 NAME = "linformer"
 TITLE = "Linformer: the spectrum of attention, and masked-LM training with k projected slots"
@@ -57,7 +57,8 @@ def masked_windows(corpus_bytes, rng, rows, n):
 
 
 def train_model(config, cfg, corpus, val, seed, progress=True, desc="mlm"):
-    """The one recipe for every model: AdamW, warmup-cosine, clipping 1.0; batches from the seed's rng."""
+    """The one recipe for every model (experiments.common.fit: AdamW, warmup-cosine, clipping 1.0); batches
+    from the seed's rng."""
     params = enc.init_params(config, np.random.default_rng([seed, 0]))
     init = {k: v.copy() for k, v in params.items()}
     steps, lr = cfg["steps"], cfg["lr"]
@@ -71,11 +72,9 @@ def train_model(config, cfg, corpus, val, seed, progress=True, desc="mlm"):
     def eval_fn(p):
         return {"val_loss": enc.mlm_loss(p, config, *val)}
 
-    hist = train.train(loss_and_grads, params, optim.AdamW(lr=lr, weight_decay=0.01), next_batch, steps=steps,
-                       rng=np.random.default_rng([seed, 1]), clip_norm=1.0, eval_fn=eval_fn,
-                       eval_every=cfg["eval_every"], progress=progress, desc=desc,
-                       lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=lr, warmup_steps=max(steps // 10, 1),
-                                                                 total_steps=steps))
+    hist = fit(loss_and_grads, params, next_batch, steps=steps, lr=lr, rng=np.random.default_rng([seed, 1]),
+               weight_decay=0.01, warmup_steps=max(steps // 10, 1), clip_norm=1.0, eval_fn=eval_fn,
+               eval_every=cfg["eval_every"], progress=progress, desc=desc)
     return params, init, hist
 
 

@@ -33,7 +33,8 @@ class Derivation:
 
     @property
     def anchor(self) -> str:
-        slug = re.sub(r"[^\w\- ]", "", self.heading.lower()).strip().replace(" ", "-")
+        explicit = re.search(r"\{#([\w-]+)\}", self.heading)
+        slug = explicit.group(1) if explicit else _heading_slug(self.heading)
         return f"{self.path}#{slug}" if self.heading else self.path
 
 
@@ -165,9 +166,36 @@ def _section(lines: tuple[str, ...], at: int) -> tuple[str, str]:
     return lines[start].lstrip("#").strip(), "\n".join(lines[start + 1:end]).strip()
 
 
+def _heading_slug(line: str) -> str:
+    text = re.sub(r"\{#[\w-]+\}", "", line.lstrip("#")).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).strip().replace(" ", "-")
+
+
+def _by_anchor(files, doc: str) -> Derivation | None:
+    """The section a docstring points at (``core.md#layer-norm``, ``derivations/mamba.md#adjoint``)."""
+    for file, anchor in re.findall(r"(\w+\.md)#([\w-]+)", doc):
+        for path, lines in files:
+            if not path.endswith("/" + file):
+                continue
+            heads = [i for i, ln in enumerate(lines) if ln.startswith("#")]
+            rules = (lambda i: f"{{#{anchor}}}" in lines[i], lambda i: _heading_slug(lines[i]) == anchor,
+                     lambda i: _heading_slug(lines[i]).startswith(anchor),
+                     lambda i: set(anchor.split("-")) <= set(_heading_slug(lines[i]).split("-")))
+            for rule in rules:
+                hit = next((i for i in heads if rule(i)), None)
+                if hit is not None:
+                    heading, text = _section(lines, hit)
+                    return Derivation(path, heading, text)
+    return None
+
+
 @lru_cache(maxsize=None)
 def find_derivation(backward_name: str, method: str) -> Derivation | None:
     files = _derivation_files()
+    fn = resolve(backward_name)
+    found = _by_anchor(files, inspect.getdoc(fn) or "") if fn is not None else None
+    if found is not None:
+        return found
     short = backward_name.rsplit(".", 1)[-1]
     needles = (backward_name, ".".join(backward_name.split(".")[-3:]) if short == "backward" else short)
     # a mention in the body first; the "equation -> function" table only as a last resort
@@ -178,6 +206,8 @@ def find_derivation(backward_name: str, method: str) -> Derivation | None:
                         and ("function" in _section(lines, i)[0].lower()) == in_table]
                 if hits:
                     heading, text = _section(lines, hits[0])
+                    if in_table:   # the table row: the equation this function implements
+                        text = "\n".join(lines[i] for i in hits)
                     return Derivation(path, heading, text)
     wanted = METHOD_FILES.get(method, ()) + (f"{method}.md",)
     for path, lines in files:

@@ -28,6 +28,7 @@ def test_list_covers_every_registered_pair(capsys):
     for name in KERNELS:
         assert name in out
     assert "derivations/core.md#linear" in out          # the section that derives linear_backward
+    assert find("mamba.selective_scan(plain)").derivation.anchor == "derivations/mamba.md#adjoint"   # {#adjoint}
     assert "core (" in out and "reformer (" in out       # grouped by method
 
 

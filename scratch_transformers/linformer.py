@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .attention.reference import check_qkv
 from .core import validate
 
 SHARING = ("none", "headwise", "kv", "layerwise")
@@ -144,15 +145,9 @@ def linformer_attention_forward(q, k, v, E, F, *, scale=None, causal=False, caus
     """
     if validate.flag(causal, "causal"):
         raise ValueError(f"causal: {NOT_CAUSAL}")
-    q = validate.float_array(q, "q", ndim=4)
+    q, k, v = check_qkv(q, k, v)
     b, h, n_q, d = q.shape
-    if d < 1 or n_q < 1:
-        validate.fail("q", "Nq >= 1 and head dimension d >= 1", q.shape)
-    k = validate.array(k, "k", shape=(b, h, None, d), dtype=q.dtype)
     n = k.shape[2]
-    if n < 1:
-        validate.fail("k", "at least one key", k.shape)
-    v = validate.array(v, "v", shape=(b, h, n, None), dtype=q.dtype)
     E = _check_projection(E, "E", h, n, q.dtype)
     F = _check_projection(F, "F", h, n, q.dtype)
     if E.shape[-2] != F.shape[-2]:

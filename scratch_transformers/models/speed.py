@@ -48,6 +48,10 @@ class TransformerDecoder:
     def capacity(self) -> int:
         return self.config.max_len
 
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
     def _check_extend(self, tokens, n_out):
         tokens = validate.int_array(tokens, "tokens", ndim=1, low=0, high=self.config.vocab_size)
         if not 1 <= tokens.shape[0] <= self.capacity - self.length:
@@ -163,6 +167,10 @@ class TandemDrafter:
     @property
     def capacity(self) -> int:
         return min(self.config.max_len, self.large.capacity)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
 
     def extend(self, tokens, n_out=1):
         tokens = validate.int_array(tokens, "tokens", ndim=1, low=0, high=self.config.vocab_size)

@@ -19,6 +19,7 @@ A *decoder* is any object with
     extend(tokens, n_out) -> logits    run the tokens (t,) at positions length .. length+t-1, append them
                                        to the cache, return the logits of the last n_out of them (n_out, V)
     rollback(length)                   forget every position >= length
+    vocab_size: int                    (optional) checked equal for target and drafter before anything runs
 
 (``models.speed.TransformerDecoder`` wraps ``models.transformer``; ``models.speed.TandemDrafter`` is
 the Tandem M_S.) Both caches hold every emitted token except the last between steps; the target
@@ -198,7 +199,10 @@ def speculative_decode(target, drafter, prompt, n_new, *, gamma, rng=None, greed
         validate.fail("stop_drafting", "None or a callable(logits) -> bool", type(stop_drafting).__name__)
     target = _check_decoder(target, "target")
     drafter = _check_decoder(drafter, "drafter")
-    prompt = validate.int_array(prompt, "prompt", ndim=1, low=0)
+    vocab = [getattr(d, "vocab_size", None) for d in (target, drafter)]
+    if None not in vocab and vocab[0] != vocab[1]:
+        validate.fail("drafter", f"the target's vocabulary of {vocab[0]} tokens", f"{vocab[1]} tokens")
+    prompt = validate.int_array(prompt, "prompt", ndim=1, low=0, high=vocab[0])
     if prompt.shape[0] < 1:
         validate.fail("prompt", "at least one token", prompt.shape)
     n_new = validate.integer(n_new, "n_new", low=0)

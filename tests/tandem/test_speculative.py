@@ -356,6 +356,10 @@ def test_decode_validates_before_touching_the_caches():
         speculative_decode(target, drafter, np.array([1, 2]), 2, gamma=0, greedy=True)
     with pytest.raises(ValueError):
         speculative_decode(target, drafter, np.array([1, 2]), 2, gamma=2)                    # no rng
+    other = tf.TransformerConfig(vocab_size=7, d_model=8, n_layers=1, n_heads=2, max_len=8)
+    with pytest.raises(ValueError, match="drafter"):                                            # vocabularies differ
+        speculative_decode(target, TransformerDecoder(tf.init_params(other, np.random.default_rng(0)), other),
+                           np.array([1, 2]), 2, gamma=2, greedy=True)
     assert target.length == 0 and drafter.length == 0
     with pytest.raises(ValueError):
         target.extend(np.arange(9) % 5)

@@ -7,12 +7,12 @@ Models (2 layers, d = 64, ~133k parameters each, context 64):
   * ``transformer`` models/transformer.py (learned positions, 4 heads, d_ff = 4d): MLGRU + GLU has 12 d^2 weights
                     per block like attention + MLP, so the counts match up to the positional table and norms.
 
-Same recipe for all (AdamW, warm-up + cosine, clipping 1.0, same batches); the learning rate is chosen per model by
-the same sweep ({1e-3, 3e-3, 1e-2, 3e-2}, best validation loss): size full runs it (seed 0), then 3 seeds; size quick
-uses the rates that sweep picked when run at the quick size itself (80 steps, 2 seeds each; table in
-derivations/matmulfree.md): 1e-2 for both MatMul-free models, 3e-3 for the transformer. The paper trains ternary
-models with larger learning rates (§3.4: 4e-3 to 1.5e-3 vs 3e-4 for Transformer++) and finds the gap to
-Transformer++ narrowing with scale (Fig. 3). At 133k parameters and a few hundred steps the recurrent models are
+Same recipe for all (``common.fit``: AdamW, warm-up + cosine, clipping 1.0; the same batches) and the same tuning
+procedure (``experiments.protocol``): size full runs ``protocol.tune`` (learning-rate sweep {1e-3, 3e-3, 1e-2, 3e-2},
+budget check, 3 seeds); size quick uses ``protocol.fixed`` at the rates a sweep over the same grid picked at the quick
+size (80 steps, 2 seeds each; table in derivations/matmulfree.md): 1e-2 for both MatMul-free models, 3e-3 for the
+transformer. The paper trains ternary models with larger learning rates (§3.4: 4e-3 to 1.5e-3 vs 3e-4 for
+Transformer++) and finds the gap to Transformer++ narrowing with scale (Fig. 3). At 133k parameters and a few hundred steps the recurrent models are
 ahead of the transformer here (results in derivations/matmulfree.md); that is not the paper's scaling comparison.
 
 Inference: weight bytes (float32 vs packed 2-bit / base-3 ternary) and tokens/s of greedy generation, batch 1,
@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import data, optim, train, validate
+from ..core import data, validate
 from ..core.layers import cross_entropy_forward
 from ..matmulfree import model as mmf
 from ..models import transformer as tf
-from .common import ExperimentResult, markdown_table, mean_loss, savefig
+from . import protocol
+from .common import ExperimentResult, fit, markdown_table, mean_loss, savefig
 
 NAME = "matmulfree"
 TITLE = "MatMul-free LM vs transformer at matched parameters; packed ternary inference"
@@ -69,22 +70,34 @@ def make_model(name, cfg, rng, dtype=np.float64):
     return config, params, lambda p, x, y: mmf.loss_and_grads(p, config, x, y), val_loss
 
 
-def train_one(name, cfg, lr, seed, corpus, val, progress):
-    """Train one model; returns (config, params, History, final val loss, seconds)."""
+def train_one(name, cfg, lr, seed, corpus, val, progress, steps=None):
+    """Train one model with the experiments' one recipe (common.fit: AdamW, warm-up + cosine, clipping 1.0); its
+    initialisation and batches come from ``seed`` alone. Returns (config, params, History, final val loss, seconds)."""
+    steps = cfg["steps"] if steps is None else steps
     rng = np.random.default_rng(seed)
     config, params, lg, val_loss = make_model(name, cfg, rng)
-    steps = cfg["steps"]
-    opt = optim.AdamW(lr=lr, weight_decay=0.01)
     batch_rng = np.random.default_rng(1000 + seed)                       # the same batches for every model
     batches = [data.random_windows(corpus.train, batch_rng, cfg["batch"], cfg["ctx"]) for _ in range(steps)]
     t0 = time.perf_counter()
-    hist = train.train(lambda p, b, r: lg(p, *b), params, opt, lambda r, s: batches[s], steps=steps, rng=rng,
-                       lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=lr, warmup_steps=steps // 10,
-                                                                 total_steps=steps),
-                       clip_norm=1.0, eval_fn=lambda p: {"val_loss": val_loss(p, *val)},
-                       eval_every=max(steps // 5, 1), progress=progress, desc=f"{name} lr={lr:g} seed={seed}")
+    hist = fit(lambda p, b, r: lg(p, *b), params, lambda r, s: batches[s], steps=steps, lr=lr, rng=rng,
+               weight_decay=0.01, clip_norm=1.0, eval_fn=lambda p: {"val_loss": val_loss(p, *val)},
+               eval_every=max(steps // 5, 1), progress=progress, desc=f"{name} lr={lr:g} seed={seed}")
     seconds = time.perf_counter() - t0
     return config, params, hist, hist.evals[-1][1]["val_loss"], seconds
+
+
+def tuned_runs(name, cfg, seed0, corpus, val, progress) -> protocol.Tuned:
+    """The tuning procedure every model gets (experiments.protocol): at size full the learning-rate sweep, budget
+    check and seeds of ``protocol.tune``; at size quick ``protocol.fixed`` at the rate that sweep chose at that size.
+    Each Trial's payload["run"] is train_one's result; score = -validation loss."""
+    def trial(lr, steps, seed):
+        run = train_one(name, cfg, lr, seed, corpus, val, progress, steps)
+        return protocol.Trial(lr, steps, seed, -run[3], float(run[2].losses[-1]), {"run": run})
+
+    seeds = tuple(seed0 + s for s in range(cfg["seeds"]))
+    if cfg["sweep"] is None:
+        return protocol.fixed(trial, lr=cfg["lrs"][name], steps=cfg["steps"], seeds=seeds)
+    return protocol.tune(trial, lr_grid=cfg["sweep"], steps=cfg["steps"], seeds=seeds)
 
 
 def tokens_per_second(fn, n_tokens) -> float:
@@ -130,16 +143,10 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     corpus = data.load_stdlib_corpus()
     val = data.random_windows(corpus.val, np.random.default_rng(1234), cfg["eval_windows"], cfg["ctx"])
     seed0 = int(rng.integers(1 << 30))
-    lrs, sweep_rows = {}, []
-    for name in MODELS:                                                   # the same LR procedure for every model
-        if cfg["sweep"] is None:
-            lrs[name] = cfg["lrs"][name]
-            continue
-        losses = {lr: train_one(name, cfg, lr, seed0, corpus, val, progress)[3] for lr in cfg["sweep"]}
-        lrs[name] = min(losses, key=losses.get)
-        sweep_rows.append([name] + [losses[lr] for lr in cfg["sweep"]] + [lrs[name]])
-    runs = {name: [train_one(name, cfg, lrs[name], seed0 + s, corpus, val, progress) for s in range(cfg["seeds"])]
-            for name in MODELS}
+    tuned = {name: tuned_runs(name, cfg, seed0, corpus, val, progress) for name in MODELS}   # the same procedure
+    lrs = {name: t.lr for name, t in tuned.items()}
+    runs = {name: [trial.payload["run"] for trial in t.runs] for name, t in tuned.items()}
+    sweep_rows = [[name] + [-trial.score for trial in t.sweep] + [t.lr, t.steps] for name, t in tuned.items() if t.sweep]
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     colors = {"mmf": "C0", "mmf-float": "C2", "transformer": "C3"}
@@ -186,7 +193,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
                               "train seconds"], rows)
     if sweep_rows:
         summary += "\n\nLearning-rate sweep (seed 0, val loss):\n\n" + markdown_table(
-            ["model"] + [f"lr {lr:g}" for lr in cfg["sweep"]] + ["chosen"], sweep_rows)
+            ["model"] + [f"lr {lr:g}" for lr in cfg["sweep"]] + ["chosen lr", "chosen steps"], sweep_rows)
     summary += "\n\nInference (greedy, batch 1):\n\n" + markdown_table(
         ["model", "weights", "weight bytes", "x smaller than float32", "tokens/s"], inf_rows)
     summary += (f"\n\n{cfg['steps']} steps of {cfg['batch']} x {cfg['ctx']} bytes; unigram entropy "

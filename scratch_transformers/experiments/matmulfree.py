@@ -12,8 +12,9 @@ procedure (``experiments.protocol``): size full runs ``protocol.tune`` (learning
 budget check, 3 seeds); size quick uses ``protocol.fixed`` at the rates a sweep over the same grid picked at the quick
 size (80 steps, 2 seeds each; table in derivations/matmulfree.md): 1e-2 for both MatMul-free models, 3e-3 for the
 transformer. The paper trains ternary models with larger learning rates (§3.4: 4e-3 to 1.5e-3 vs 3e-4 for
-Transformer++) and finds the gap to Transformer++ narrowing with scale (Fig. 3). At 133k parameters and a few hundred steps the recurrent models are
-ahead of the transformer here (results in derivations/matmulfree.md); that is not the paper's scaling comparison.
+Transformer++) and finds the gap to Transformer++ narrowing with scale (Fig. 3). At 133k parameters and a few
+hundred steps the recurrent models are ahead of the transformer here (results in derivations/matmulfree.md); that
+is not the paper's scaling comparison.
 
 Inference: weight bytes (float32 vs packed 2-bit / base-3 ternary) and tokens/s of greedy generation, batch 1,
 for the trained model (packed add/subtract kernel vs a float32 GEMV on the same dequantised weights vs the

@@ -59,8 +59,8 @@ def make_pvp(name: str, template: str, label_words, tokenizer: Tokenizer) -> PVP
 
 
 class Patterned(NamedTuple):
-    """P(x) for a batch: ids (n, L) int64 ([CLS] first, PAD after the end), padding mask (n, L) bool
-    (True = real token), mask_pos (n,) the position of [MASK] in each row."""
+    """P(x) for a batch: ids (n, L) int64 ([CLS] first, PAD after the end), padding_mask (n, L) bool
+    (True = padded position, the encoder's convention), mask_pos (n,) the position of [MASK] in each row."""
 
     ids: np.ndarray
     padding_mask: np.ndarray
@@ -89,7 +89,7 @@ def apply_pattern(data: LabelledSet, pvp: PVP, tokenizer: Tokenizer, max_len: in
                     mask_pos[i] = len(row)
                 row.extend(p)
         ids[i, :len(row)] = row
-    return Patterned(ids, ids != PAD, mask_pos)
+    return Patterned(ids, ids == PAD, mask_pos)
 
 
 def label_scores(mask_logits, verbaliser) -> np.ndarray:

@@ -36,15 +36,15 @@ PAD, MASK, UNK, CLS, SEP = range(len(SPECIALS))
 LABEL_NAMES = ("negative", "mixed", "positive")
 
 ADJECTIVES = (
-    # class 0: negative
-    ("bland", "rude", "awful", "dirty", "stale", "cold", "greasy", "slow", "noisy", "overpriced",
+    # class 0: negative (each lexicon also holds its class's cue words: "the soup was terrible")
+    ("terrible", "bad", "poor", "bland", "rude", "awful", "dirty", "stale", "cold", "greasy", "slow", "noisy", "overpriced",
      "soggy", "burnt", "dreadful", "careless", "cramped", "sour", "gloomy", "sloppy", "tasteless", "dull"),
     # class 1: mixed / middling
-    ("ordinary", "average", "plain", "standard", "typical", "simple", "acceptable", "passable", "modest",
+    ("okay", "alright", "fine", "ordinary", "average", "plain", "standard", "typical", "simple", "acceptable", "passable", "modest",
      "uneven", "predictable", "forgettable", "so-so", "unremarkable", "middling", "moderate", "basic",
      "adequate", "mediocre", "fair"),
     # class 2: positive
-    ("delicious", "friendly", "excellent", "lovely", "superb", "fresh", "wonderful", "perfect", "tasty",
+    ("great", "good", "amazing", "delicious", "friendly", "excellent", "lovely", "superb", "fresh", "wonderful", "perfect", "tasty",
      "charming", "cozy", "fantastic", "attentive", "generous", "elegant", "crispy", "warm", "spotless",
      "delightful", "brilliant"),
 )
@@ -137,11 +137,11 @@ def _sample_template(rng: np.random.Generator, template: Sequence[str], cue: str
     return out
 
 
-def sample_review(rng: np.random.Generator, label: int, *, p_on_topic: float = 0.75) -> list[str]:
+def sample_review(rng: np.random.Generator, label: int, *, p_on_topic: float = 0.8) -> list[str]:
     """The words of one review with latent rating ``label`` (no cue sentence)."""
     n_claims = int(rng.integers(2, 5))
     words: list[str] = []
-    if rng.random() < 0.5:
+    if rng.random() < 0.3:
         words += _sample_template(rng, NEUTRAL[rng.integers(len(NEUTRAL))])
     for i in range(n_claims):
         c = label if rng.random() < p_on_topic else int((label + rng.integers(1, 3)) % 3)
@@ -206,7 +206,7 @@ def _reviews(rng, tok, n, max_len, p_on_topic, balanced_per_label=None):
 
 
 def make_task(rng: np.random.Generator, tokenizer: Tokenizer, *, n_train: int, n_unlabelled: int,
-              n_test: int, max_len: int = 40, p_on_topic: float = 0.75) -> TaskSplits:
+              n_test: int, max_len: int = 40, p_on_topic: float = 0.8) -> TaskSplits:
     """Train / unlabelled / test splits. The train set is label-balanced when n_train is a multiple of 3
     (as PET's T is, App. C: the first |T|/C examples per label); otherwise labels are drawn uniformly."""
     validate.rng(rng)
@@ -223,7 +223,7 @@ def make_task(rng: np.random.Generator, tokenizer: Tokenizer, *, n_train: int, n
 
 
 def pretraining_corpus(rng: np.random.Generator, tokenizer: Tokenizer, n: int, *, max_len: int = 48,
-                       p_cue: float = 0.6, p_on_topic: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+                       p_cue: float = 0.8, p_on_topic: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
     """``n`` unlabelled reviews, a fraction ``p_cue`` with a cue sentence: ids (n, max_len), lengths (n,).
     The latent ratings are drawn and discarded: they never leave this function."""
     validate.rng(rng)

@@ -7,4 +7,4 @@ that calls them on tiny inputs of the types its ``run`` uses.
 """
 
 # The tour's order: the baseline first, then the methods in the order of the README.
-TOUR = ["baseline", "flash", "mamba", "lora", "positions", "matmulfree", "tandem", "reformer", "linformer"]
+TOUR = ["baseline", "flash", "mamba", "lora", "positions", "matmulfree", "tandem", "reformer", "linformer", "prompting"]

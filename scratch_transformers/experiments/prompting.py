@@ -40,11 +40,11 @@ TITLE = "Prompt learning: PET, iPET and soft prompt tuning vs a supervised head 
 SIZES = {
     "quick": dict(d_model=32, n_layers=2, max_len=48, pretrain_n=20000, pretrain_steps=3000, pretrain_lr=3e-3,
                   batch=32, train_sizes=(10, 100, 1000), seeds=2, n_unlabelled=300, n_test=300, ft_steps=60,
-                  ft_batch=8, distill_steps=60, ipet_sizes=(10,), zero_shot_ipet=False, n_prompt=4,
+                  min_epochs=2, ft_batch=8, distill_steps=60, ipet_sizes=(10,), zero_shot_ipet=False, n_prompt=4,
                   prompt_inits=("labels",), sweep=False),
     "full": dict(d_model=32, n_layers=2, max_len=48, pretrain_n=20000, pretrain_steps=3000, pretrain_lr=3e-3,
                  batch=32, train_sizes=(10, 50, 100, 1000), seeds=3, n_unlabelled=1000, n_test=600,
-                 ft_steps=150, ft_batch=8, distill_steps=150, ipet_sizes=(10, 50, 100), zero_shot_ipet=True,
+                 ft_steps=150, min_epochs=3, ft_batch=8, distill_steps=150, ipet_sizes=(10, 50, 100), zero_shot_ipet=True,
                  n_prompt=8, prompt_inits=("labels", "vocab", "uniform", "normal"), sweep=True),
 }
 LR_CANDIDATES = (1e-3, 3e-3, 1e-2)
@@ -52,6 +52,12 @@ PROMPT_LR_CANDIDATES = (3e-2, 1e-1, 3e-1)
 TUNED_LR = {"supervised": 3e-3, "pet": 3e-3, "distill": 3e-3, "prompt": 1e-1}
 METHODS = ("supervised", "PET", "iPET", "prompt tuning")
 COLORS = {"supervised": "C0", "PET": "C1", "iPET": "C2", "prompt tuning": "C3", "zero-shot": "C7"}
+
+
+def fine_tune_steps(cfg, n_train: int) -> int:
+    """The same budget for every method at a given |T|: ``ft_steps``, or ``min_epochs`` passes over T
+    when that is more (so the supervised head is not starved at |T| = 1000)."""
+    return max(cfg["ft_steps"], -(-cfg["min_epochs"] * n_train // cfg["ft_batch"]))
 
 
 def _sweep(setup, cfg, rng):
@@ -79,7 +85,7 @@ def _sweep(setup, cfg, rng):
 def _one_cell(setup, cfg, lrs, n_train, rng):
     """Every method at one |T| and one seed: test accuracies and iPET's per-generation accuracies."""
     task = corpus.make_task(rng, setup.tok, n_train=n_train, n_unlabelled=cfg["n_unlabelled"], n_test=cfg["n_test"])
-    kw = dict(steps=cfg["ft_steps"], batch=cfg["ft_batch"])
+    kw = dict(steps=fine_tune_steps(cfg, n_train), batch=cfg["ft_batch"])
     out = {"supervised": R.classifier_accuracy(
         setup, R.train_supervised(setup, task.train, rng, lr=lrs["supervised"], **kw), task.test)}
     first = R.run_pet(setup, task.train, task.unlabelled, task.test, rng, lr=lrs["pet"], **kw)

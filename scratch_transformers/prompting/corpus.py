@@ -8,7 +8,8 @@ The grammar. A review has a latent rating c in {0: negative, 1: mixed, 2: positi
 about the place ("the soup was bland", "the waiter seemed friendly") and may say a neutral thing ("we
 came on a friday"). Each adjective comes from the lexicon of class c with probability ``p_on_topic``
 and from another class's lexicon otherwise, so a single word is weak evidence and the label is the
-majority. In the *pretraining* text a review is followed (or preceded) with probability ``p_cue`` by a
+majority; a third of the reviews also say a neutral thing. In the *pretraining* text a review is
+followed (or preceded) with probability ``p_cue`` (0.8) by a
 cue sentence whose word depends on c: "all in all , it was great .", "just terrible ! ...", "in summary ,
 the place is okay ." The cue words are drawn from three small per-class sets (``CUE_WORDS``), the
 label words of the verbaliser being the most frequent ones. The latent rating itself is never written
@@ -194,9 +195,11 @@ class TaskSplits(NamedTuple):
     test: LabelledSet
 
 
-def _reviews(rng, tok, n, max_len, p_on_topic, balanced_per_label=None):
-    if balanced_per_label is not None:
-        labels = np.repeat(np.arange(3), balanced_per_label)
+def _reviews(rng, tok, n, max_len, p_on_topic, balanced=False):
+    if balanced:     # n // 3 per label, the remainder to distinct random labels (PET App. C: |T| / C per label)
+        counts = np.full(3, n // 3)
+        counts[rng.choice(3, size=n % 3, replace=False)] += 1
+        labels = np.repeat(np.arange(3), counts)
         labels = labels[rng.permutation(len(labels))]
     else:
         labels = rng.integers(0, 3, size=n)
@@ -207,8 +210,8 @@ def _reviews(rng, tok, n, max_len, p_on_topic, balanced_per_label=None):
 
 def make_task(rng: np.random.Generator, tokenizer: Tokenizer, *, n_train: int, n_unlabelled: int,
               n_test: int, max_len: int = 40, p_on_topic: float = 0.8) -> TaskSplits:
-    """Train / unlabelled / test splits. The train set is label-balanced when n_train is a multiple of 3
-    (as PET's T is, App. C: the first |T|/C examples per label); otherwise labels are drawn uniformly."""
+    """Train / unlabelled / test splits. The train set is as label-balanced as n_train allows (PET's T has
+    |T|/C examples per label, App. C); the other splits draw labels uniformly."""
     validate.rng(rng)
     n_train = validate.integer(n_train, "n_train", low=0)
     n_unlabelled = validate.integer(n_unlabelled, "n_unlabelled", low=0)
@@ -216,8 +219,7 @@ def make_task(rng: np.random.Generator, tokenizer: Tokenizer, *, n_train: int, n
     max_len = validate.integer(max_len, "max_len", low=8)
     p_on_topic = validate.real(p_on_topic, "p_on_topic", low=1 / 3, high=1.0)
     r_train, r_unl, r_test = rng.spawn(3)
-    per = n_train // 3 if n_train % 3 == 0 else None
-    train = _reviews(r_train, tokenizer, n_train, max_len, p_on_topic, per)
+    train = _reviews(r_train, tokenizer, n_train, max_len, p_on_topic, balanced=True)
     return TaskSplits(train, _reviews(r_unl, tokenizer, n_unlabelled, max_len, p_on_topic),
                       _reviews(r_test, tokenizer, n_test, max_len, p_on_topic))
 

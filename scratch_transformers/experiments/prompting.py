@@ -38,11 +38,11 @@ NAME = "prompting"
 TITLE = "Prompt learning: PET, iPET and soft prompt tuning vs a supervised head (few-shot)"
 
 SIZES = {
-    "quick": dict(d_model=32, n_layers=2, max_len=48, pretrain_n=20000, pretrain_steps=3000, pretrain_lr=3e-3,
-                  batch=32, train_sizes=(10, 100, 1000), seeds=2, n_unlabelled=300, n_test=300, ft_steps=60,
+    "quick": dict(d_model=32, n_layers=2, max_len=48, pretrain_n=20000, pretrain_steps=5000, pretrain_lr=3e-3,
+                  batch=32, train_sizes=(10, 100, 1000), seeds=3, n_unlabelled=300, n_test=300, ft_steps=40,
                   min_epochs=2, ft_batch=8, distill_steps=60, ipet_sizes=(10,), zero_shot_ipet=False, n_prompt=4,
                   prompt_inits=("labels",), sweep=False),
-    "full": dict(d_model=32, n_layers=2, max_len=48, pretrain_n=20000, pretrain_steps=3000, pretrain_lr=3e-3,
+    "full": dict(d_model=32, n_layers=2, max_len=48, pretrain_n=20000, pretrain_steps=8000, pretrain_lr=3e-3,
                  batch=32, train_sizes=(10, 50, 100, 1000), seeds=3, n_unlabelled=1000, n_test=600,
                  ft_steps=150, min_epochs=3, ft_batch=8, distill_steps=150, ipet_sizes=(10, 50, 100), zero_shot_ipet=True,
                  n_prompt=8, prompt_inits=("labels", "vocab", "uniform", "normal"), sweep=True),

@@ -33,6 +33,7 @@ from ..core import validate
 from ..prompting import corpus, ipet, pet
 from . import prompting_runs as R
 from .common import ExperimentResult, markdown_table, savefig
+from .protocol import Trial, spread, tune
 
 NAME = "prompting"
 TITLE = "Prompt learning: PET, iPET and soft prompt tuning vs a supervised head (few-shot)"
@@ -76,8 +77,11 @@ def _sweep(setup, cfg, rng):
     def prompt(lr, r):
         return R.run_prompt_tuning(setup, task.train, task.test, r, lr=lr, n_prompt=cfg["n_prompt"],
                                    init="labels", **kw)
-    lrs = {"supervised": R.tune_lr(sup, LR_CANDIDATES), "pet": R.tune_lr(pvp, LR_CANDIDATES),
-           "prompt": R.tune_lr(prompt, PROMPT_LR_CANDIDATES)}
+    def best(run_fn, grid):       # experiments.protocol's sweep (one seed, no budget doubling); score = accuracy
+        return tune(lambda lr, steps, seed: Trial(lr, steps, seed, run_fn(lr, np.random.default_rng(seed)), 0.0),
+                    lr_grid=grid, steps=cfg["ft_steps"], seeds=(101,), max_doublings=0).lr
+    lrs = {"supervised": best(sup, LR_CANDIDATES), "pet": best(pvp, LR_CANDIDATES),
+           "prompt": best(prompt, PROMPT_LR_CANDIDATES)}
     lrs["distill"] = lrs["supervised"]     # the distilled classifier is the supervised architecture
     return lrs
 
@@ -123,8 +127,8 @@ def _zero_shot(setup, cfg, rng):
 
 
 def _mean_std(values):
-    v = np.asarray(values, dtype=np.float64)
-    return float(np.mean(v)), float(np.std(v))
+    s = spread(values)                      # sample standard deviation, as every experiment reports it
+    return s["mean"], s["std"]
 
 
 def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Path = Path("out/prompting"),

@@ -4,8 +4,8 @@ prompt tuning. ``experiments/prompting.py`` lays them out like PET's Table 1.
 
 Every fine-tuning run starts from the same pretrained masked LM and uses the one training recipe of
 the experiments (AdamW, warmup-cosine, clipping) with the learning rate of its kind chosen once by the
-same small sweep (``tune_lr``) at |T| = 50 on a validation split drawn like T, so no method is tuned on
-the test set and every method gets the same procedure.
+same small sweep (``experiments.protocol.tune``) at |T| = 50 on a validation split drawn like T, so no
+method is tuned on the test set and every method gets the same procedure.
 """
 
 from __future__ import annotations
@@ -268,13 +268,3 @@ def run_prompt_tuning(s: Setup, train_set, test, rng, *, steps, lr, batch, n_pro
     test_pat = pet.apply_pattern(test, pvp, s.tok, s.max_len - n_prompt)
     return accuracy(soft_prompt.prompt_scores(s.model, s.params, trained["prompt"], test_pat, pvp.verbaliser),
                     test.labels)
-
-
-def tune_lr(run_fn, candidates, seeds=(101,)) -> float:
-    """The small sweep every method gets: the candidate with the best mean validation accuracy."""
-    best, best_acc = candidates[0], -1.0
-    for lr in candidates:
-        acc = float(np.mean([run_fn(lr, np.random.default_rng(seed)) for seed in seeds]))
-        if acc > best_acc:
-            best, best_acc = lr, acc
-    return best

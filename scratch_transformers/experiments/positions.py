@@ -43,15 +43,20 @@ SIZES = {
 
 SINUSOIDAL_TOK_STD = 1 / np.sqrt(2)        # RMS of the sinusoidal table's entries
 TRAINED = ("sinusoidal", "learned", "rope", "alibi")
-BASES_FT = (500.0, 1e6)                   # 2310.05209: a small and a large base, fine-tuned at L
+# 2310.05209: a small and a large base, fine-tuned at L, and the control: the same fine-tune at the original base
+# 1e4 (what the fine-tune alone does, without a change of base)
+BASES_FT = (500.0, 1e4, 1e6)
+LONG = "alibi trained at 8L"             # the reference ALiBi's claim is about: the same model trained at the long length
 CURVES = ("sinusoidal", "learned", "rope", "rope+PI (no FT)", "rope+PI (FT)", "rope+NTK (no FT)",
-          "rope base 500 (FT)", "rope base 1e+06 (FT)", "alibi", "alibi+PI slopes (no FT)")
+          "rope base 500 (FT)", "rope base 10000 (FT)", "rope base 1e+06 (FT)", "alibi", "alibi+PI slopes (no FT)",
+          LONG)
 # one marker / line style per curve, and one colour per curve (tab20 has 20 distinct ones; C0..C9 would repeat)
 METHOD_MARKERS = {"sinusoidal": ("o", "-"), "learned": ("s", "-"), "rope": ("^", "-"), "rope+PI (no FT)": ("v", ":"),
                   "rope+PI (FT)": ("D", "-"), "rope+NTK (no FT)": ("P", "--"), "rope base 500 (FT)": ("<", "-."),
-                  "rope base 1e+06 (FT)": (">", "-."), "alibi": ("o", "-"), "alibi+PI slopes (no FT)": ("x", "--")}
-METHOD_COLOURS = ["#1f77b4", "#7f7f7f", "#ff7f0e", "#bcbd22", "#d62728", "#8c564b", "#9467bd", "#17becf",
-                  "#2ca02c", "#e377c2", "#000000", "#aec7e8"]
+                  "rope base 10000 (FT)": ("d", "-."), "rope base 1e+06 (FT)": (">", "-."), "alibi": ("o", "-"),
+                  "alibi+PI slopes (no FT)": ("x", "--"), LONG: ("*", "-")}
+METHOD_COLOURS = ["#1f77b4", "#7f7f7f", "#ff7f0e", "#bcbd22", "#d62728", "#8c564b", "#9467bd", "#000000",
+                  "#17becf", "#2ca02c", "#e377c2", "#98df8a"]
 
 
 def _config(cfg, positions: str, max_len: int) -> tf.TransformerConfig:
@@ -191,6 +196,17 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         seconds[method] = time.perf_counter() - ts
         base_configs[method], params[method] = config, p
 
+    # ---- the reference for ALiBi's claim: ALiBi trained at the longest evaluation length, same steps and
+    # the same number of tokens per step (batch divided by the length ratio) --------------------------------
+    Lmax = max(lengths)
+    base_configs[LONG] = _config(cfg, "alibi", Lmax)
+    params[LONG] = tf.init_params(base_configs[LONG], np.random.default_rng(int(rng.integers(2**31))))
+    ts = time.perf_counter()
+    _train(base_configs[LONG], params[LONG], corpus, cfg, np.random.default_rng(data_seed), seq_len=Lmax,
+           steps=cfg["steps"], batch=max(1, cfg["batch"] * L // Lmax), lr=cfg["lr"], desc=f"positions {LONG}",
+           progress=progress)
+    seconds[LONG] = time.perf_counter() - ts
+
     # ---- PI: fine-tune a copy of the RoPE model at ft_scale * L with rope_scale = ft_scale ------------
     s_ft = cfg["ft_scale"]
     ft_config = dataclasses.replace(base_configs["rope"], rope_scale=float(s_ft))
@@ -215,11 +231,16 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
                          "rope+NTK (no FT)": params["rope"], "alibi+PI slopes (no FT)": params["alibi"]})
 
     # ---- evaluate every curve at every length on the same validation bytes ----------------------------
-    n_tokens = max(cfg["eval_tokens"], max(lengths))
+    # the base-scaled models are also evaluated past their predicted bound (2310.05209 eq. 16b/c, T_tune = L) when
+    # the grid stops before it: at the first multiple of L at least 1.25 x the bound
+    bounds = {f"rope base {beta:g} (FT)": scaling.extrapolation_bound(beta, head_dim, L, L) for beta in BASES_FT}
+    extra = {m: [n for n in [L * int(np.ceil(1.25 * b / L))] if n > Lmax] for m, b in bounds.items()}
+    all_lengths = sorted(set(lengths) | {n for ns in extra.values() for n in ns})
+    n_tokens = max(cfg["eval_tokens"], max(all_lengths))
     loss = {m: {} for m in CURVES}
     tail = {m: {} for m in CURVES}
     for method in CURVES:
-        for n in lengths:
+        for n in lengths + extra.get(method, []):
             if method == "learned" and n > L:                             # no table rows beyond L
                 continue
             loss[method][n], tail[method][n] = eval_at_length(
@@ -227,7 +248,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     total = time.perf_counter() - t0
 
     # ---- figure: ALiBi Fig. 1 style, loss vs evaluation length --------------------------------------
-    fig_path = plot_curves(loss, tail, lengths, L, cfg, out_dir)
+    fig_path = plot_curves(loss, tail, all_lengths, L, cfg, out_dir)
 
     # ---- RoFormer Fig. 2 (long-term decay) and the base changes used above, no training -------------
     fig2, ax = plt.subplots(figsize=(6, 3.4))
@@ -246,13 +267,12 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     # ---- table, metrics, plain statements ---------------------------------------------------------
     def fmt(v):
         return "—" if v is None or not np.isfinite(v) else f"{v:.3f}"
-    header = ["method"] + [f"{n} ({n / L:g}x)" for n in lengths]
-    rows = [[m] + [fmt(loss[m].get(n)) for n in lengths] for m in CURVES]
-    rows_tail = [[m] + [fmt(tail[m].get(n)) for n in lengths[1:]] for m in CURVES if m != "learned"]
+    header = ["method"] + [f"{n} ({n / L:g}x)" for n in all_lengths]
+    rows = [[m] + [fmt(loss[m].get(n)) for n in all_lengths] for m in CURVES]
+    rows_tail = [[m] + [fmt(tail[m].get(n)) for n in all_lengths if n > L] for m in CURVES if m != "learned"]
     metrics = {f"loss_{m}_{n / L:g}x": v for m in CURVES for n, v in loss[m].items()}
     metrics.update({f"tail_{m}_{n / L:g}x": v for m in CURVES for n, v in tail[m].items() if np.isfinite(v)})
     metrics["seconds"] = total
-    Lmax = max(lengths)
 
     def delta(m, n):
         return loss[m][n] - loss[m][L]
@@ -270,11 +290,35 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
                      f"RoPE at 1x {loss['rope'][L]:.3f}.")
     facts.append(f"- ALiBi with interpolated slopes vs plain ALiBi at {Lmax / L:g}x: "
                  f"{loss['alibi+PI slopes (no FT)'][Lmax]:.3f} vs {loss['alibi'][Lmax]:.3f}.")
+    gap = loss["alibi"][Lmax] - loss[LONG][Lmax]
+    facts.append(f"- ALiBi's claim (Press et al., §1 and Fig. 1: trained short, it extrapolates to longer inputs, "
+                 f"approaching models trained at the longer length): at {Lmax / L:g}x, ALiBi trained at L = {L} "
+                 f"{loss['alibi'][Lmax]:.3f} vs {LONG} ({Lmax} bytes, same steps and tokens per step) "
+                 f"{loss[LONG][Lmax]:.3f}: {'a gap of ' + format(gap, '+.3f') + ' nats/byte' if gap > 0 else 'no gap'}; "
+                 f"on the tokens at positions >= L, {tail['alibi'][Lmax]:.3f} vs {tail[LONG][Lmax]:.3f}.")
     for beta in BASES_FT:
         m = f"rope base {beta:g} (FT)"
-        bound = scaling.extrapolation_bound(beta, head_dim, L, L)
-        facts.append(f"- {m}: 2310.05209 bound (16b/c, T_tune = L) {bound:.0f} bytes; loss "
-                     + ", ".join(f"{n}: {loss[m][n]:.3f}" for n in lengths) + ".")
+        bound = bounds[m]
+        inside = [n for n in sorted(loss[m]) if n <= bound]
+        past = [n for n in sorted(loss[m]) if n > bound]
+        text = (f"- {m}: 2310.05209 bound (16b/c, T_tune = L) {bound:.0f} bytes; loss "
+                + ", ".join(f"{n}: {loss[m][n]:.3f}" for n in sorted(loss[m])) + ".")
+        if inside and past:
+            rise_in = max(loss[m][n] for n in inside) - loss[m][L]
+            rise_past = loss[m][past[0]] - loss[m][L]
+            verdict = ("it rises past the bound and not before it, as the law predicts" if rise_in < 0.05 <= rise_past
+                       else "it rises before the bound" if rise_in >= 0.05 else
+                       "it does not rise past the bound either: this run cannot locate the bound")
+            text += (f" Within the bound the loss rises by at most {rise_in:+.3f} over 1x, at {past[0]} bytes (past "
+                     f"it) by {rise_past:+.3f}: {verdict}.")
+        elif not past:
+            text += " Not evaluated past the bound."
+        facts.append(text)
+    ctrl = "rope base 10000 (FT)"
+    facts.append(f"- Control: the same {cfg['ft_steps']} fine-tune steps at the original base 1e4 give "
+                 f"{loss[ctrl][Lmax]:.3f} at {Lmax / L:g}x (RoPE without them {loss['rope'][Lmax]:.3f}, base 1e6 "
+                 f"fine-tuned {loss['rope base 1e+06 (FT)'][Lmax]:.3f}): what the base change adds beyond the extra "
+                 f"steps is the difference to this row.")
     facts.append(f"- Learned positions at 1x: {loss['learned'][L]:.3f} (no table rows past L).")
     law = markdown_table(["quantity (2310.05209, head dim %d, T_train=%d)" % (head_dim, L), "value"],
                          scaling_law_rows(head_dim, L, (L, s_ft * L)))

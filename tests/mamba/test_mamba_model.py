@@ -133,10 +133,15 @@ def test_experiment_runs_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     tiny = dict(copy_region=6, copy_tokens=2, copy_vocab=5, copy_steps=3, ind_len=6, ind_vocab=5, ind_steps=3,
                 test_mults=(1, 2), d_model=8, d_state=2, batch=4, n_val=8, models=("s6", "lti", "attention"))
     monkeypatch.setitem(E.SIZES, "quick", tiny)
+    monkeypatch.setitem(E.CHOSEN, "quick", None)                 # run the whole procedure (sweep, doubling, seeds)
     res = E.run("quick", np.random.default_rng(0), tmp_path, progress=False)
     assert res.name == "mamba" and res.figures and res.figures[0].is_file()
     for kind in ("s6", "lti", "attention"):
-        assert 0.0 <= res.metrics[f"copy_acc_{kind}"] <= 1.0
+        assert 0.0 <= res.metrics[f"copy_acc_{kind}_min"] <= res.metrics[f"copy_acc_{kind}"] <= 1.0
+        assert res.metrics[f"copy_acc_{kind}_std"] >= 0.0
         assert res.metrics[f"induction_acc_{kind}_L12"] >= 0.0
         assert res.metrics[f"params_{kind}"] > 0
-    assert "| Mamba (S6, selective) |" in res.summary
+        for task in ("copy", "induction"):                   # every model got the same sweep over the same grid
+            assert res.metrics[f"lr_{task}_{kind}"] in E.LR_GRID
+            assert res.metrics[f"steps_{task}_{kind}"] in (3, 6)       # 3 steps, or doubled once
+    assert "| Mamba (S6, selective) |" in res.summary and "± " in res.summary

@@ -294,7 +294,9 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     facts.append(f"- ALiBi's claim (Press et al., §1 and Fig. 1: trained short, it extrapolates to longer inputs, "
                  f"approaching models trained at the longer length): at {Lmax / L:g}x, ALiBi trained at L = {L} "
                  f"{loss['alibi'][Lmax]:.3f} vs {LONG} ({Lmax} bytes, same steps and tokens per step) "
-                 f"{loss[LONG][Lmax]:.3f}: {'a gap of ' + format(gap, '+.3f') + ' nats/byte' if gap > 0 else 'no gap'}; "
+                 f"{loss[LONG][Lmax]:.3f}: " + (f"the long-trained model is better by {gap:.3f} nats/byte" if gap > 0 else
+                                             f"ALiBi trained at L is as good or better (by {-gap:.3f}; with the same "
+                                             f"steps the long-trained model saw {Lmax // L}x fewer windows)") + "; "
                  f"on the tokens at positions >= L, {tail['alibi'][Lmax]:.3f} vs {tail[LONG][Lmax]:.3f}.")
     for beta in BASES_FT:
         m = f"rope base {beta:g} (FT)"

@@ -52,7 +52,11 @@ MAX_DOUBLINGS = {"quick": 1, "full": 2}
 # The budget doubling was not run at the quick size. None: run the whole procedure (the full size does).
 CHOSEN = {
     "quick": {
+        ("copy", "s6"): (1e-2, 300, "sweep: 1e-3 78, 3e-3 100, 1e-2 100 (tie: lower loss)"),
+        ("copy", "lti"): (3e-3, 300, "sweep: 1e-3 65, 3e-3 75, 1e-2 65"),
+        ("copy", "attention"): (3e-3, 300, "sweep: 1e-3 96, 3e-3 100, 1e-2 75"),
         ("induction", "s6"): (1e-2, 500, "sweep: 1e-3 100, 3e-3 100, 1e-2 100 (tie: lowest loss)"),
+        ("induction", "lti"): (3e-3, 500, "sweep: 1e-3 27, 3e-3 99, 1e-2 93"),
         ("induction", "attention"): (1e-3, 500, "sweep: 1e-3 29, 3e-3 27, 1e-2 23"),
     },
     "full": None,
@@ -263,7 +267,7 @@ def run(size="quick", rng=None, out_dir=Path("out"), progress=True) -> Experimen
     ind_table = markdown_table(common_head + [f"L={L}" + (" (train)" if L == L0 else f" ({L // L0}x)")
                                               for L in lengths] + ["train s / run"], rows_ind)
     chosen_how = ("the learning rates recorded from the procedure's sweep at this size (`CHOSEN`; the budget "
-                  "doubling was not run at this size, and a row marked NOT swept still uses the previous fixed rate)"
+                  "doubling was not run at this size)"
                   if CHOSEN.get(size) is not None else "chosen in this run")
     summary = (
         f"Every model: the same procedure (`experiments.protocol`): a learning-rate sweep over "

@@ -7,7 +7,8 @@ stacks, and how often a future token moves earlier outputs under causal LSH.
    LSH attention of 1, 2 and 4 rounds, each evaluated with full attention and with LSH of 1, 2, 4, 8
    rounds (fresh random rotations at every evaluation forward). The paper: |w| = 511, V = 128,
    d_model = 256, 4 heads, 150K steps; here |w|, V, widths and steps are a few hundred times smaller.
-   Every model gets the same recipe (AdamW, warm-up + cosine, clipping) and the same number of steps.
+   Every model gets the same recipe (experiments.common.fit: AdamW without weight decay, warm-up over the
+   first 10 % of the steps then cosine, clipping at 1.0) and the same number of steps.
 2. Approximation error: on the trained LSH-2 model's own shared-QK vectors (and on Gaussian vectors for
    comparison), ||o_LSH - o_full|| / ||o_full|| for n_hashes = 1, 2, 4, 8 (Fig. 4 in spirit).
 3. Memory: tracemalloc peak of one loss-and-gradients call of the Reformer LM against depth, reversible
@@ -25,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import optim, train, validate
+from ..core import validate
 from ..core.data import IGNORE
 from ..core.measure import traced_peak
 from ..reformer import model as rf
 from ..reformer.lsh import lsh_attention_forward, random_rotations, shared_qk_attention_forward
-from .common import ExperimentResult, markdown_table, savefig
+from .common import ExperimentResult, fit, markdown_table, savefig
 
 NAME = "reformer"
 TITLE = "Reformer: duplication task (Table 2 layout), LSH error vs rounds, reversible memory, causal LSH"
@@ -87,12 +88,9 @@ def train_model(cfg, trained_with, seed, progress):
     def loss_and_grads(p, batch, r):
         return rf.loss_and_grads(p, config, *batch, rng=r)
 
-    def schedule(s):
-        return optim.warmup_cosine(s, base_lr=cfg["lr"], warmup_steps=steps // 10, total_steps=steps)
-
-    hist = train.train(loss_and_grads, params, optim.AdamW(lr=cfg["lr"], weight_decay=0.0), next_batch, steps=steps,
-                       rng=rng, lr_schedule=schedule,
-                       clip_norm=1.0, progress=progress, desc=f"reformer {trained_with} (seed {seed})")
+    hist = fit(loss_and_grads, params, next_batch, steps=steps, lr=cfg["lr"], rng=rng, weight_decay=0.0,
+               warmup_steps=steps // 10, clip_norm=1.0, progress=progress,
+               desc=f"reformer {trained_with} (seed {seed})")
     return config, params, hist
 
 

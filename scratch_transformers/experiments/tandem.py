@@ -7,6 +7,12 @@ from steps). Reports validation loss, agreement with M_L's argmax and TV distanc
 columns), then greedy speculative decoding with M_S as a standalone drafter vs SPEED with the Tandem M_S,
 against M_L alone: acceptance rate, tokens per M_L call and wall-clock speed-up versus block length gamma
 (Table 2's setting, at toy scale, on CPU).
+
+Training: every model trains through experiments.common.fit (AdamW, weight decay 0.01, warm-up over
+min(30, steps // 5 + 1) steps then cosine, clipping at 1.0) on random windows of the training bytes. The
+adaptive-block-length router is the exception: a small full-batch fit of fixed features at a constant learning
+rate (plain AdamW steps, no schedule, no clipping, no sampled batches), which ``fit``'s warm-up + cosine cannot
+express, so it keeps its own loop.
 """
 
 from __future__ import annotations
@@ -16,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import data, optim, train, validate
+from ..core import data, optim, validate
 from ..models import transformer as tf
 from ..models.speed import TransformerDecoder, large_forward, speed_decode
 from ..tandem import losses as tandem_losses
 from ..tandem import model as tandem_model
 from ..tandem import router as tandem_router
 from ..tandem.speculative import predicted_speedup, speculative_decode
-from .common import ExperimentResult, markdown_table, savefig
+from .common import ExperimentResult, fit, markdown_table, savefig
 
 NAME = "tandem"
 TITLE = "Tandem Transformers + SPEED: a small model attending to a large one's representations"
@@ -38,14 +44,13 @@ SIZES = {
 }
 
 
-def fit(loss_fn, params, corpus, cfg, steps, rng, desc, progress):
-    """AdamW + warmup-cosine + clipping on random windows of the training bytes (the baseline's recipe)."""
-    opt = optim.AdamW(lr=cfg["lr"], weight_decay=0.01)
-    train.train(lambda p, batch, r: loss_fn(p, *batch), params, opt,
-                lambda r, s: data.random_windows(corpus.train, r, cfg["batch"], cfg["ctx"]), steps=steps, rng=rng,
-                lr_schedule=lambda s: optim.warmup_cosine(s, base_lr=cfg["lr"], warmup_steps=min(30, steps // 5 + 1),
-                                                          total_steps=steps),
-                clip_norm=1.0, progress=progress, desc=desc)
+def train_on_windows(loss_fn, params, corpus, cfg, steps, rng, desc, progress):
+    """experiments.common.fit (AdamW with weight decay 0.01, clipping at 1.0) on random windows of the training
+    bytes, warm-up over min(30, steps // 5 + 1) steps (this experiment's choice since before ``fit``, kept so its
+    numbers do not move) then cosine. loss_fn(params, x, y) -> (loss, grads). Returns ``params`` (trained in place)."""
+    fit(lambda p, batch, r: loss_fn(p, *batch), params,
+        lambda r, s: data.random_windows(corpus.train, r, cfg["batch"], cfg["ctx"]), steps=steps, lr=cfg["lr"],
+        rng=rng, weight_decay=0.01, warmup_steps=min(30, steps // 5 + 1), clip_norm=1.0, progress=progress, desc=desc)
     return params
 
 
@@ -59,13 +64,13 @@ def train_models(cfg, rng, corpus, progress=True):
     tcfg = tandem_model.TandemConfig(vocab_size=256, d_model=cfg["d_small"], n_layers=cfg["layers_small"], n_heads=4,
                                      d_large=cfg["d_large"], large_layers=cfg["layers_large"],
                                      gamma=cfg["gamma_train"], max_len=lcfg.max_len)
-    lp = fit(lambda p, x, y: tf.loss_and_grads(p, lcfg, x, y), tf.init_params(lcfg, rng), corpus, cfg,
-             cfg["steps_large"], rng, "tandem M_L", progress)
-    sp = fit(lambda p, x, y: tf.loss_and_grads(p, scfg, x, y), tf.init_params(scfg, rng), corpus, cfg,
-             cfg["steps_small"], rng, "tandem M_S", progress)
+    lp = train_on_windows(lambda p, x, y: tf.loss_and_grads(p, lcfg, x, y), tf.init_params(lcfg, rng), corpus,
+                          cfg, cfg["steps_large"], rng, "tandem M_L", progress)
+    sp = train_on_windows(lambda p, x, y: tf.loss_and_grads(p, scfg, x, y), tf.init_params(scfg, rng), corpus,
+                          cfg, cfg["steps_small"], rng, "tandem M_S", progress)
     extra = cfg["steps_tandem"] + cfg["steps_distil"]
-    control = fit(lambda p, x, y: tf.loss_and_grads(p, scfg, x, y), {k: v.copy() for k, v in sp.items()}, corpus,
-                  cfg, extra, rng, "M_S continued", progress)
+    control = train_on_windows(lambda p, x, y: tf.loss_and_grads(p, scfg, x, y), {k: v.copy() for k, v in sp.items()},
+                               corpus, cfg, extra, rng, "M_S continued", progress)
 
     def tandem_loss(lam):
         def loss(p, x, y):
@@ -73,10 +78,10 @@ def train_models(cfg, rng, corpus, progress=True):
             return tandem_losses.loss_and_grads(p, tcfg, x, y, states, ml_logits, distil_weight=lam)
         return loss
 
-    tp = fit(tandem_loss(0.0), tandem_model.init_params(tcfg, rng, small_params=sp), corpus, cfg,
-             cfg["steps_tandem"], rng, "Tandem-CE", progress)
+    tp = train_on_windows(tandem_loss(0.0), tandem_model.init_params(tcfg, rng, small_params=sp), corpus, cfg,
+                          cfg["steps_tandem"], rng, "Tandem-CE", progress)
     tp_ce = {k: v.copy() for k, v in tp.items()}
-    tp = fit(tandem_loss(0.5), tp, corpus, cfg, cfg["steps_distil"], rng, "Tandem-Distil", progress)
+    tp = train_on_windows(tandem_loss(0.5), tp, corpus, cfg, cfg["steps_distil"], rng, "Tandem-Distil", progress)
     return dict(lcfg=lcfg, scfg=scfg, tcfg=tcfg, large=lp, small=sp, control=control, tandem_ce=tp_ce, tandem=tp)
 
 

@@ -24,7 +24,7 @@ from ..prompting import corpus, ipet, lm, pet, soft_prompt
 
 PATTERNS = (  # PET §4.1's Yelp patterns, in this grammar's words
     ("after: x all in all , it was _ .", "{x} all in all , it was [MASK] ."),
-    ("before: just _ ! x", "just [MASK] ! {x}"),
+    ("just: x just _ !", "{x} just [MASK] !"),
     ("summary: x in summary , the place is _ .", "{x} in summary , the place is [MASK] ."),
 )
 

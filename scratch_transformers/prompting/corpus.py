@@ -4,14 +4,12 @@ No pretrained model can be downloaded here, so the library pretrains its own mas
 the downstream task's knowledge can be learned without labels, the way RoBERTa learned that "it was
 great" follows praise (Schick & Schütze, arXiv 2001.07676, §1 and §4.1's Yelp patterns).
 
-The grammar. A review has a latent rating c in {0: negative, 1: mixed, 2: positive}. It says 2-4 things
-about the place ("the soup was bland", "the waiter seemed friendly") and may say a neutral thing ("we
-came on a friday"). Each adjective comes from the lexicon of class c with probability ``p_on_topic``
-and from another class's lexicon otherwise, so a single word is weak evidence and the label is the
-majority; a third of the reviews also say a neutral thing. In the *pretraining* text a review is
-followed (or preceded) with probability ``p_cue`` (0.8) by a
-cue sentence whose word depends on c: "all in all , it was great .", "just terrible ! ...", "in summary ,
-the place is okay ." The cue words are drawn from three small per-class sets (``CUE_WORDS``), the
+The grammar. A review has a latent rating c in {0: negative, 1: mixed, 2: positive}. It says three
+things about the place ("the soup was bland . the waiter seemed friendly ..."). Each adjective comes from
+the lexicon of class c with probability ``p_on_topic`` (0.8) and from another class's lexicon otherwise,
+so a single word is weak evidence and the label is the majority. In the *pretraining* text a review is
+followed with probability ``p_cue`` (0.8) by a cue sentence whose word depends on c: "all in all , it
+was great .", "just terrible !", "in summary , the place is okay ." The cue words are drawn from three small per-class sets (``CUE_WORDS``), the
 label words of the verbaliser being the most frequent ones. The latent rating itself is never written
 anywhere: a model pretrained on this text sees words, never labels.
 
@@ -67,7 +65,7 @@ CUE_WORDS = (("terrible", "bad", "poor"), ("okay", "alright", "fine"), ("great",
 CUE_WORD_PROBS = (0.6, 0.25, 0.15)
 CUES = (
     (("all", "in", "all", ",", "it", "was", "{cue}", "."), "after"),
-    (("just", "{cue}", "!"), "before"),
+    (("just", "{cue}", "!"), "after"),
     (("in", "summary", ",", "the", "place", "is", "{cue}", "."), "after"),
 )
 LABEL_WORDS = tuple(words[0] for words in CUE_WORDS)
@@ -138,11 +136,12 @@ def _sample_template(rng: np.random.Generator, template: Sequence[str], cue: str
     return out
 
 
-def sample_review(rng: np.random.Generator, label: int, *, p_on_topic: float = 0.8) -> list[str]:
-    """The words of one review with latent rating ``label`` (no cue sentence)."""
-    n_claims = int(rng.integers(2, 5))
+def sample_review(rng: np.random.Generator, label: int, *, p_on_topic: float = 0.8, n_claims: int = 3,
+                  p_neutral: float = 0.0) -> list[str]:
+    """The words of one review with latent rating ``label`` (no cue sentence): ``n_claims`` claims, and
+    with probability ``p_neutral`` a neutral sentence first."""
     words: list[str] = []
-    if rng.random() < 0.3:
+    if rng.random() < p_neutral:
         words += _sample_template(rng, NEUTRAL[rng.integers(len(NEUTRAL))])
     for i in range(n_claims):
         c = label if rng.random() < p_on_topic else int((label + rng.integers(1, 3)) % 3)

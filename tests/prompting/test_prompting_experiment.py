@@ -6,7 +6,7 @@ import pytest
 
 from scratch_transformers.experiments import prompting
 
-TINY = dict(d_model=16, n_layers=1, max_len=48, pretrain_n=200, pretrain_steps=8, pretrain_lr=3e-3, batch=8,
+TINY = dict(d_model=16, n_layers=1, max_len=32, pretrain_n=200, pretrain_steps=8, pretrain_lr=3e-3, batch=8,
             train_sizes=(10, 30), seeds=2, n_unlabelled=20, n_test=15, ft_steps=3, min_epochs=1, ft_batch=4, distill_steps=3,
             ipet_sizes=(10,), zero_shot_ipet=False, n_prompt=2, prompt_inits=("labels", "normal"), sweep=False)
 

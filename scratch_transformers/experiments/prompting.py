@@ -40,7 +40,7 @@ TITLE = "Prompt learning: PET, iPET and soft prompt tuning vs a supervised head 
 
 SIZES = {
     "quick": dict(d_model=32, n_layers=2, max_len=32, pretrain_n=20000, pretrain_steps=2000, pretrain_lr=3e-3,
-                  batch=32, train_sizes=(10, 100, 1000), seeds=2, n_unlabelled=300, n_test=300, ft_steps=40,
+                  batch=32, train_sizes=(10, 1000), seeds=2, n_unlabelled=300, n_test=300, ft_steps=40,
                   min_epochs=1, ft_batch=8, distill_steps=40, ipet_sizes=(10,), zero_shot_ipet=False, n_prompt=4,
                   prompt_inits=("labels",), sweep=False),
     "full": dict(d_model=32, n_layers=2, max_len=32, pretrain_n=20000, pretrain_steps=4000, pretrain_lr=3e-3,

@@ -16,6 +16,7 @@ from ..core.registry import Op
 from ..models import encoder as enc
 
 _M = "scratch_transformers.models.encoder."
+_B = "scratch_transformers.models.blocks.block_backward"   # the shared pre-LN block's backward
 
 
 def _config(**kw):
@@ -65,11 +66,11 @@ def _wrt(config, extra=()):
 _LEARNED, _ROPE = _config(), _config(positions="rope", tie_embeddings=True)
 GRADCHECKS = [
     Op(name="encoder.mlm_learned_padded", forward=_token_forward, backward=enc.backward,
-       make_inputs=_token_inputs(_LEARNED), covers=(_M + "backward",), wrt=_wrt(_LEARNED), max_entries=24),
+       make_inputs=_token_inputs(_LEARNED), covers=(_M + "backward", _B), wrt=_wrt(_LEARNED), max_entries=24),
     Op(name="encoder.mlm_rope_tied", forward=_token_forward, backward=enc.backward,
-       make_inputs=_token_inputs(_ROPE), covers=(_M + "backward",), wrt=_wrt(_ROPE), max_entries=24),
+       make_inputs=_token_inputs(_ROPE), covers=(_M + "backward", _B), wrt=_wrt(_ROPE), max_entries=24),
     Op(name="encoder.hidden_states", forward=_token_forward, backward=enc.backward,
-       make_inputs=_token_inputs(_LEARNED, hidden=True), covers=(_M + "backward",),
+       make_inputs=_token_inputs(_LEARNED, hidden=True), covers=(_M + "backward", _B),
        wrt=tuple(k for k in _wrt(_LEARNED) if not k.startswith("mlm_head")), max_entries=24),
     Op(name="encoder.input_embeddings", forward=_emb_forward, backward=_emb_backward,
        make_inputs=_emb_inputs(_LEARNED), covers=(_M + "backward_inputs",),

@@ -33,7 +33,7 @@ def _tf_wrt(config):
     return tuple(k for k in param_shapes(config) if config.positions == "rope" or not k.endswith("attn.bk"))
 
 
-_COVERS = ("scratch_transformers.models.transformer.backward",)
+_COVERS = ("scratch_transformers.models.transformer.backward", "scratch_transformers.models.blocks.block_backward")
 GRADCHECKS = [
     Op(name=f"transformer_tiny_{name}", forward=_tf_forward, backward=lambda dy, cache: backward(dy, cache),
        make_inputs=_tf_inputs(cfg), covers=_COVERS, wrt=_tf_wrt(cfg), max_entries=24)

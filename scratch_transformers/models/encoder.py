@@ -36,23 +36,21 @@ embeddings with :func:`embed`, concatenate, call :func:`forward_embeddings`, and
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..attention.multihead import CORES, init_mha, mha_backward, mha_forward
 from ..core import validate
-from ..core.functional import gelu_backward, gelu_forward
 from ..core.layers import (cross_entropy_backward, cross_entropy_forward, dropout_backward, dropout_forward,
                            embedding_backward, embedding_forward, layer_norm_backward, layer_norm_forward,
                            add_grads, linear_backward, linear_forward, project_backward, project_forward)
 from ..linformer import SHARING, init_projection, projection_names, projection_shapes
+from .blocks import (INIT_STD, BlockCache, block_backward, block_forward, check_config_sizes,  # noqa: F401
+                     check_config_tail, init_trunk, trunk_shapes)
 from .masking import IGNORE, mask_tokens  # noqa: F401  (part of this module's API)
 
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
-INIT_STD = 0.02
 
 
 @dataclass(frozen=True)
@@ -78,30 +76,14 @@ class EncoderConfig:
     def __post_init__(self):
         validate.positive_int(self.vocab_size, "vocab_size")
         validate.integer(self.mask_id, "mask_id", low=0, high=self.vocab_size - 1)
-        validate.positive_int(self.d_model, "d_model")
-        validate.positive_int(self.n_layers, "n_layers")
-        validate.positive_int(self.n_heads, "n_heads")
-        if self.d_model % self.n_heads:
-            validate.fail("n_heads", f"a divisor of d_model={self.d_model}", self.n_heads)
-        if self.d_ff is None:
-            object.__setattr__(self, "d_ff", 4 * self.d_model)
-        validate.positive_int(self.d_ff, "d_ff")
-        validate.positive_int(self.max_len, "max_len")
-        validate.option(self.positions, "positions", POSITIONS)
-        validate.option(self.attention, "attention", tuple(CORES))
-        validate.probability(self.dropout, "dropout")
+        check_config_sizes(self, POSITIONS)              # d_model .. dropout, shared with the decoder
         validate.option(self.sharing, "sharing", SHARING)
         if self.attention == "linformer":
             validate.positive_int(self.proj_k, "proj_k")
         elif self.proj_k is not None:
             validate.fail("proj_k", "None unless attention='linformer'", self.proj_k)
         validate.real(self.rope_base, "rope_base", low=1.0, low_open=True)
-        validate.flag(self.tie_embeddings, "tie_embeddings")
-        validate.positive(self.ln_eps, "ln_eps")
-        if self.positions == "rope" and self.head_dim % 2:
-            validate.fail("d_model", "an even head dimension d_model / n_heads for rope", self.head_dim)
-        if self.positions == "sinusoidal" and self.d_model % 2:
-            validate.fail("d_model", "an even integer for sinusoidal positions", self.d_model)
+        check_config_tail(self)                          # tie_embeddings, ln_eps, position parity
 
     @property
     def head_dim(self) -> int:
@@ -117,19 +99,8 @@ def _check_config(config) -> EncoderConfig:
 def param_shapes(config: EncoderConfig) -> dict[str, tuple]:
     """The shape of every parameter, by name (the keys of init_params and of the gradients)."""
     _check_config(config)
-    D, F, V = config.d_model, config.d_ff, config.vocab_size
-    shapes = {"tok_emb": (V, D)}
-    if config.positions == "learned":
-        shapes["pos_emb"] = (config.max_len, D)
-    for i in range(config.n_layers):
-        p = f"blocks.{i}."
-        shapes.update({p + "ln1.weight": (D,), p + "ln1.bias": (D,)})
-        for n in "qkvo":
-            shapes[p + f"attn.w{n}"] = (D, D)
-            shapes[p + f"attn.b{n}"] = (D,)
-        shapes.update({p + "ln2.weight": (D,), p + "ln2.bias": (D,), p + "mlp.w1": (D, F), p + "mlp.b1": (F,),
-                       p + "mlp.w2": (F, D), p + "mlp.b2": (D,)})
-    shapes.update({"ln_f.weight": (D,), "ln_f.bias": (D,)})
+    D, V = config.d_model, config.vocab_size
+    shapes = trunk_shapes(config)                    # embeddings, blocks, ln_f (models/blocks.py)
     if not config.tie_embeddings:
         shapes["mlm_head.w"] = (D, V)
     shapes["mlm_head.b"] = (V,)
@@ -155,19 +126,8 @@ def init_params(config: EncoderConfig, rng, dtype=np.float64) -> dict[str, np.nd
     dtype = np.dtype(dtype)
     if dtype not in validate.FLOAT_DTYPES:
         validate.fail("dtype", "float32 or float64", dtype)
-    D, F, V = config.d_model, config.d_ff, config.vocab_size
-    res_std = INIT_STD / math.sqrt(2 * config.n_layers)
-    params = {"tok_emb": INIT_STD * rng.standard_normal((V, D))}
-    if config.positions == "learned":
-        params["pos_emb"] = INIT_STD * rng.standard_normal((config.max_len, D))
-    for i in range(config.n_layers):
-        p = f"blocks.{i}."
-        params[p + "ln1.weight"], params[p + "ln1.bias"] = np.ones(D), np.zeros(D)
-        params.update(init_mha(rng, D, config.n_heads, prefix=p + "attn", std=INIT_STD, out_std=res_std))
-        params[p + "ln2.weight"], params[p + "ln2.bias"] = np.ones(D), np.zeros(D)
-        params[p + "mlp.w1"], params[p + "mlp.b1"] = INIT_STD * rng.standard_normal((D, F)), np.zeros(F)
-        params[p + "mlp.w2"], params[p + "mlp.b2"] = res_std * rng.standard_normal((F, D)), np.zeros(D)
-    params["ln_f.weight"], params["ln_f.bias"] = np.ones(D), np.zeros(D)
+    D, V = config.d_model, config.vocab_size
+    params = init_trunk(config, rng)                 # embeddings, blocks, ln_f (models/blocks.py)
     if not config.tie_embeddings:
         params["mlm_head.w"] = INIT_STD * rng.standard_normal((D, V))
     params["mlm_head.b"] = np.zeros(V)
@@ -178,17 +138,6 @@ def init_params(config: EncoderConfig, rng, dtype=np.float64) -> dict[str, np.nd
 
 
 # --- forward / backward ------------------------------------------------------------------------------
-
-class BlockCache(NamedTuple):
-    ln1: Any
-    attn: Any
-    drop_attn: Any
-    ln2: Any
-    fc1: Any
-    gelu: Any
-    fc2: Any
-    drop_mlp: Any
-
 
 class EncoderCache(NamedTuple):
     emb: Any                       # EmbeddingCache of the tokens; None when embeddings were given
@@ -297,20 +246,11 @@ def _encode(params, config, x, c_emb, padding_mask, rng, training, linears, retu
     h, c_drop_emb = dropout_forward(h, p_drop, rng, training)                      # (B, T, D)
     blocks = []
     for i in range(config.n_layers):
-        p = f"blocks.{i}."
-        a, c_ln1 = layer_norm_forward(h, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
-        y, c_attn = mha_forward(a, params, prefix=p + "attn", n_heads=config.n_heads, core=config.attention,
-                                causal=False, rope=rope, key_padding_mask=padding_mask, linears=linears,
-                                core_params=_core_params(config, i))
-        y, c_d1 = dropout_forward(y, p_drop, rng, training)
-        h = h + y                                                                 # (B, T, D)
-        a2, c_ln2 = layer_norm_forward(h, params[p + "ln2.weight"], params[p + "ln2.bias"], eps=config.ln_eps)
-        m, c_fc1 = project_forward(a2, params, p + "mlp.w1", p + "mlp.b1", linears)     # (B, T, F)
-        g, c_gelu = gelu_forward(m, approximate="tanh")
-        m2, c_fc2 = project_forward(g, params, p + "mlp.w2", p + "mlp.b2", linears)     # (B, T, D)
-        m2, c_d2 = dropout_forward(m2, p_drop, rng, training)
-        h = h + m2
-        blocks.append(BlockCache(c_ln1, c_attn, c_d1, c_ln2, c_fc1, c_gelu, c_fc2, c_d2))
+        h, c_block = block_forward(h, params, f"blocks.{i}.", n_heads=config.n_heads, core=config.attention,
+                                   causal=False, ln_eps=config.ln_eps, p_drop=p_drop, rng=rng, training=training,
+                                   linears=linears, rope=rope, key_padding_mask=padding_mask,
+                                   core_params=_core_params(config, i))      # (B, T, D)
+        blocks.append(c_block)
     hf, c_lnf = layer_norm_forward(h, params["ln_f.weight"], params["ln_f.bias"], eps=config.ln_eps)
     c_head = None
     out = hf                                                                      # (B, T, D)
@@ -346,20 +286,7 @@ def backward_inputs(dout, cache: EncoderCache):
     dh, dw, db = layer_norm_backward(dhf, cache.ln_f)                             # (B, T, D)
     add_grads(grads, {"ln_f.weight": dw, "ln_f.bias": db})
     for i in reversed(range(len(cache.blocks))):
-        c = cache.blocks[i]
-        p = f"blocks.{i}."
-        dg, g = project_backward(dropout_backward(dh, c.drop_mlp), c.fc2)
-        add_grads(grads, g)
-        da2, g = project_backward(gelu_backward(dg, c.gelu), c.fc1)
-        add_grads(grads, g)
-        dres, dw, db = layer_norm_backward(da2, c.ln2)
-        add_grads(grads, {p + "ln2.weight": dw, p + "ln2.bias": db})
-        dh = dh + dres                                                            # residual: skip + branch
-        da, g = mha_backward(dropout_backward(dh, c.drop_attn), c.attn)
-        add_grads(grads, g)
-        dres, dw, db = layer_norm_backward(da, c.ln1)
-        add_grads(grads, {p + "ln1.weight": dw, p + "ln1.bias": db})
-        dh = dh + dres
+        dh = block_backward(dh, cache.blocks[i], f"blocks.{i}.", grads)          # (B, T, D), grads accumulated
     dh = dropout_backward(dh, cache.drop_emb)                                     # dL/dh_0 (B, T, D)
     if cache.learned_pos is not None:
         t, max_len, d = cache.learned_pos

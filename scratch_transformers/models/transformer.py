@@ -31,23 +31,22 @@ uses it and its logits equal the full forward's.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..attention.multihead import CORES, KVCache, init_mha, mha_backward, mha_forward
+from ..attention.multihead import KVCache
 from ..core import validate
-from ..core.functional import gelu_backward, gelu_forward
 from ..core.layers import (add_grads, check_linears, cross_entropy_backward, cross_entropy_forward,
                            dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                            layer_norm_backward, layer_norm_forward, linear_backward, linear_forward,
                            project_backward, project_forward)
+from .blocks import (INIT_STD, BlockCache, block_backward, block_forward, check_config_sizes,  # noqa: F401
+                     check_config_tail, init_trunk, trunk_shapes)
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_LAYOUTS = ("half", "interleaved")
-INIT_STD = 0.02
 
 
 @dataclass(frozen=True)
@@ -72,28 +71,12 @@ class TransformerConfig:
 
     def __post_init__(self):
         validate.positive_int(self.vocab_size, "vocab_size")
-        validate.positive_int(self.d_model, "d_model")
-        validate.positive_int(self.n_layers, "n_layers")
-        validate.positive_int(self.n_heads, "n_heads")
-        if self.d_model % self.n_heads:
-            validate.fail("n_heads", f"a divisor of d_model={self.d_model}", self.n_heads)
-        if self.d_ff is None:
-            object.__setattr__(self, "d_ff", 4 * self.d_model)
-        validate.positive_int(self.d_ff, "d_ff")
-        validate.positive_int(self.max_len, "max_len")
-        validate.option(self.positions, "positions", POSITIONS)
-        validate.option(self.attention, "attention", tuple(CORES))
-        validate.probability(self.dropout, "dropout")
+        check_config_sizes(self, POSITIONS)              # d_model .. dropout, shared with the encoder
         validate.real(self.rope_base, "rope_base", low=1.0, low_open=True)
         validate.option(self.rope_layout, "rope_layout", ROPE_LAYOUTS)
         validate.positive(self.rope_scale, "rope_scale")
         validate.positive(self.alibi_scale, "alibi_scale")
-        validate.flag(self.tie_embeddings, "tie_embeddings")
-        validate.positive(self.ln_eps, "ln_eps")
-        if self.positions == "rope" and self.head_dim % 2:
-            validate.fail("d_model", "an even head dimension d_model / n_heads for rope", self.head_dim)
-        if self.positions == "sinusoidal" and self.d_model % 2:
-            validate.fail("d_model", "an even integer for sinusoidal positions", self.d_model)
+        check_config_tail(self)                          # tie_embeddings, ln_eps, position parity
 
     @property
     def head_dim(self) -> int:
@@ -109,21 +92,9 @@ def _check_config(config) -> TransformerConfig:
 def param_shapes(config: TransformerConfig) -> dict[str, tuple]:
     """The shape of every parameter, by name (the keys of init_params and of the gradients)."""
     _check_config(config)
-    D, F, V = config.d_model, config.d_ff, config.vocab_size
-    shapes = {"tok_emb": (V, D)}
-    if config.positions == "learned":
-        shapes["pos_emb"] = (config.max_len, D)
-    for i in range(config.n_layers):
-        p = f"blocks.{i}."
-        shapes.update({p + "ln1.weight": (D,), p + "ln1.bias": (D,)})
-        for n in "qkvo":
-            shapes[p + f"attn.w{n}"] = (D, D)
-            shapes[p + f"attn.b{n}"] = (D,)
-        shapes.update({p + "ln2.weight": (D,), p + "ln2.bias": (D,), p + "mlp.w1": (D, F), p + "mlp.b1": (F,),
-                       p + "mlp.w2": (F, D), p + "mlp.b2": (D,)})
-    shapes.update({"ln_f.weight": (D,), "ln_f.bias": (D,)})
+    shapes = trunk_shapes(config)                    # embeddings, blocks, ln_f (models/blocks.py)
     if not config.tie_embeddings:
-        shapes["lm_head"] = (D, V)
+        shapes["lm_head"] = (config.d_model, config.vocab_size)
     return shapes
 
 
@@ -133,21 +104,9 @@ def init_params(config: TransformerConfig, rng, dtype=np.float64) -> dict[str, n
     _check_config(config)
     rng = validate.rng(rng)
     dtype = validate.float_dtype(dtype)
-    D, F = config.d_model, config.d_ff
-    res_std = INIT_STD / math.sqrt(2 * config.n_layers)
-    params = {"tok_emb": INIT_STD * rng.standard_normal((config.vocab_size, D))}
-    if config.positions == "learned":
-        params["pos_emb"] = INIT_STD * rng.standard_normal((config.max_len, D))
-    for i in range(config.n_layers):
-        p = f"blocks.{i}."
-        params[p + "ln1.weight"], params[p + "ln1.bias"] = np.ones(D), np.zeros(D)
-        params.update(init_mha(rng, D, config.n_heads, prefix=p + "attn", std=INIT_STD, out_std=res_std))
-        params[p + "ln2.weight"], params[p + "ln2.bias"] = np.ones(D), np.zeros(D)
-        params[p + "mlp.w1"], params[p + "mlp.b1"] = INIT_STD * rng.standard_normal((D, F)), np.zeros(F)
-        params[p + "mlp.w2"], params[p + "mlp.b2"] = res_std * rng.standard_normal((F, D)), np.zeros(D)
-    params["ln_f.weight"], params["ln_f.bias"] = np.ones(D), np.zeros(D)
+    params = init_trunk(config, rng)                 # embeddings, blocks, ln_f (models/blocks.py)
     if not config.tie_embeddings:
-        params["lm_head"] = INIT_STD * rng.standard_normal((D, config.vocab_size))
+        params["lm_head"] = INIT_STD * rng.standard_normal((config.d_model, config.vocab_size))
     return {k: v.astype(dtype) for k, v in params.items()}
 
 
@@ -189,17 +148,6 @@ def position_inputs(config: TransformerConfig, n_new: int, offset: int = 0) -> P
 
 
 # --- forward / backward -----------------------------------------------------------------------------
-
-class BlockCache(NamedTuple):
-    ln1: Any
-    attn: Any
-    drop_attn: Any
-    ln2: Any
-    fc1: Any
-    gelu: Any
-    fc2: Any
-    drop_mlp: Any
-
 
 class TransformerCache(NamedTuple):
     emb: Any                       # embedding cache of the tokens
@@ -264,8 +212,6 @@ def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, 
     h, c_drop_emb = dropout_forward(h, p_drop, rng, training)
     blocks = []
     for i in range(config.n_layers):
-        p = f"blocks.{i}."
-        a, c_ln1 = layer_norm_forward(h, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
         core_options = None
         if p_drop > 0:                                                         # attention-probability dropout
             # One counter-based keep-mask per layer and step, named by a seed: the flash kernel
@@ -273,19 +219,12 @@ def forward(params, config, tokens, *, rng=None, training=False, kv_cache=None, 
             # the same mask from the same seed, so both cores compute the same function.
             seed = int(rng.integers(0, 2 ** 63))
             core_options = {"dropout_p": p_drop, "dropout_seed": seed}
-        y, c_attn = mha_forward(a, params, prefix=p + "attn", n_heads=config.n_heads, core=config.attention,
-                                causal=True, attn_bias=pos.attn_bias, rope=pos.rope,
-                                kv_cache=None if kv_cache is None else kv_cache[i], linears=linears,
-                                core_options=core_options)                    # (B, T, D)
-        y, c_d1 = dropout_forward(y, p_drop, rng, training)
-        h = h + y
-        a2, c_ln2 = layer_norm_forward(h, params[p + "ln2.weight"], params[p + "ln2.bias"], eps=config.ln_eps)
-        m, c_fc1 = project_forward(a2, params, p + "mlp.w1", p + "mlp.b1", linears)       # (B, T, F)
-        g, c_gelu = gelu_forward(m, approximate="tanh")
-        m2, c_fc2 = project_forward(g, params, p + "mlp.w2", p + "mlp.b2", linears)       # (B, T, D)
-        m2, c_d2 = dropout_forward(m2, p_drop, rng, training)
-        h = h + m2
-        blocks.append(BlockCache(c_ln1, c_attn, c_d1, c_ln2, c_fc1, c_gelu, c_fc2, c_d2))
+        h, c_block = block_forward(h, params, f"blocks.{i}.", n_heads=config.n_heads, core=config.attention,
+                                   causal=True, ln_eps=config.ln_eps, p_drop=p_drop, rng=rng, training=training,
+                                   linears=linears, attn_bias=pos.attn_bias, rope=pos.rope,
+                                   kv_cache=None if kv_cache is None else kv_cache[i],
+                                   core_options=core_options)                 # (B, T, D)
+        blocks.append(c_block)
     hf, c_lnf = layer_norm_forward(h, params["ln_f.weight"], params["ln_f.bias"], eps=config.ln_eps)
     if config.tie_embeddings:
         logits, c_head = linear_forward(hf, params["tok_emb"].T)                # (B, T, V)
@@ -318,23 +257,7 @@ def backward(dlogits, cache: TransformerCache) -> dict[str, np.ndarray]:
     dh, dw, db = layer_norm_backward(dhf, cache.ln_f)                          # (B, T, D)
     add_grads(grads, {"ln_f.weight": dw, "ln_f.bias": db})
     for i in reversed(range(len(cache.blocks))):
-        c = cache.blocks[i]
-        p = f"blocks.{i}."
-        dm2 = dropout_backward(dh, c.drop_mlp)
-        dg, g = project_backward(dm2, c.fc2)
-        add_grads(grads, g)
-        dm = gelu_backward(dg, c.gelu)
-        da2, g = project_backward(dm, c.fc1)
-        add_grads(grads, g)
-        dres, dw, db = layer_norm_backward(da2, c.ln2)
-        add_grads(grads, {p + "ln2.weight": dw, p + "ln2.bias": db})
-        dh = dh + dres                                                         # residual: skip + branch
-        dy = dropout_backward(dh, c.drop_attn)
-        da, g = mha_backward(dy, c.attn)
-        add_grads(grads, g)
-        dres, dw, db = layer_norm_backward(da, c.ln1)
-        add_grads(grads, {p + "ln1.weight": dw, p + "ln1.bias": db})
-        dh = dh + dres
+        dh = block_backward(dh, cache.blocks[i], f"blocks.{i}.", grads)       # (B, T, D), grads accumulated
     dh = dropout_backward(dh, cache.drop_emb)
     if cache.learned_pos is not None:
         offset, t, max_len, d = cache.learned_pos

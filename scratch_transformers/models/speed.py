@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..attention.multihead import mha_forward
 from ..core import validate
-from ..core.functional import gelu_forward
 from ..core.layers import embedding_forward, layer_norm_forward, linear_forward
 from . import transformer as tf
+from .blocks import block_forward
 
 
 def check_params(params, config) -> np.dtype:
@@ -79,7 +78,8 @@ def large_forward(params, config, tokens, layers, *, kv_cache=None):
     x^(l) (the residual stream after block l; x^(0) = the embeddings) for every l in ``layers``.
 
     tokens: (B, T) int; kv_cache as in transformer.forward. Same ops in the same order as
-    transformer.forward, so the logits are bit-identical to it (test). Returns (logits (B, T, V),
+    transformer.forward (the one block code, models.blocks.block_forward), so the logits are
+    bit-identical to it (test). Returns (logits (B, T, V),
     {l: (B, T, D)})."""
     dtype = check_params(params, config)
     tokens = validate.int_array(tokens, "tokens", ndim=2, low=0, high=config.vocab_size)
@@ -100,17 +100,9 @@ def large_forward(params, config, tokens, layers, *, kv_cache=None):
         h = h + pos.additive.astype(dtype)
     states = {0: h} if 0 in layers else {}
     for i in range(config.n_layers):
-        p = f"blocks.{i}."
-        a, _ = layer_norm_forward(h, params[p + "ln1.weight"], params[p + "ln1.bias"], eps=config.ln_eps)
-        y, _ = mha_forward(a, params, prefix=p + "attn", n_heads=config.n_heads, core=config.attention, causal=True,
-                           attn_bias=pos.attn_bias, rope=pos.rope,
-                           kv_cache=None if kv_cache is None else kv_cache[i])
-        h = h + y
-        a2, _ = layer_norm_forward(h, params[p + "ln2.weight"], params[p + "ln2.bias"], eps=config.ln_eps)
-        m, _ = linear_forward(a2, params[p + "mlp.w1"], params[p + "mlp.b1"])              # (B, T, F)
-        g, _ = gelu_forward(m, approximate="tanh")
-        m2, _ = linear_forward(g, params[p + "mlp.w2"], params[p + "mlp.b2"])              # (B, T, D)
-        h = h + m2
+        h, _ = block_forward(h, params, f"blocks.{i}.", n_heads=config.n_heads, core=config.attention, causal=True,
+                             ln_eps=config.ln_eps, p_drop=0.0, rng=None, training=False, attn_bias=pos.attn_bias,
+                             rope=pos.rope, kv_cache=None if kv_cache is None else kv_cache[i])   # (B, T, D)
         if i + 1 in layers:
             states[i + 1] = h
     hf, _ = layer_norm_forward(h, params["ln_f.weight"], params["ln_f.bias"], eps=config.ln_eps)

@@ -178,6 +178,19 @@ def real(value, name: str, *, low: float | None = None, high: float | None = Non
     return value
 
 
+def model_widths(config, names: Iterable[str]) -> None:
+    """A transformer config's widths, in this order: every field in ``names`` a positive int, ``n_heads``
+    a divisor of ``d_model``, ``d_ff`` a positive int (None becomes 4 d_model, set on the frozen
+    dataclass). For the configs' ``__post_init__``."""
+    for name in names:
+        positive_int(getattr(config, name), name)
+    if config.d_model % config.n_heads:
+        fail("n_heads", f"a divisor of d_model={config.d_model}", config.n_heads)
+    if config.d_ff is None:
+        object.__setattr__(config, "d_ff", 4 * config.d_model)
+    positive_int(config.d_ff, "d_ff")
+
+
 def positive(value, name: str) -> float:
     return real(value, name, low=0.0, low_open=True)
 

@@ -37,14 +37,7 @@ INIT_STD = 0.02
 def check_config_sizes(config, positions: tuple) -> None:
     """The sizes, position scheme, attention core and dropout of a model config (ValueError naming the
     field); sets the default d_ff = 4 d_model. Called from the configs' __post_init__."""
-    validate.positive_int(config.d_model, "d_model")
-    validate.positive_int(config.n_layers, "n_layers")
-    validate.positive_int(config.n_heads, "n_heads")
-    if config.d_model % config.n_heads:
-        validate.fail("n_heads", f"a divisor of d_model={config.d_model}", config.n_heads)
-    if config.d_ff is None:
-        object.__setattr__(config, "d_ff", 4 * config.d_model)
-    validate.positive_int(config.d_ff, "d_ff")
+    validate.model_widths(config, ("d_model", "n_layers", "n_heads"))   # then n_heads | d_model, d_ff
     validate.positive_int(config.max_len, "max_len")
     validate.option(config.positions, "positions", positions)
     validate.option(config.attention, "attention", tuple(CORES))

@@ -61,13 +61,8 @@ class ReformerConfig:
     ln_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len", "n_hashes", "bucket_size"):
-            validate.positive_int(getattr(self, name), name)
-        if self.d_model % self.n_heads:
-            validate.fail("n_heads", f"a divisor of d_model={self.d_model}", self.n_heads)
-        if self.d_ff is None:
-            object.__setattr__(self, "d_ff", 4 * self.d_model)
-        validate.positive_int(self.d_ff, "d_ff")
+        validate.model_widths(self, ("vocab_size", "d_model", "n_layers", "n_heads", "max_len", "n_hashes",
+                                     "bucket_size"))              # then n_heads | d_model, d_ff (4 d_model)
         validate.option(self.attention, "attention", ATTENTIONS)
         if self.n_buckets is not None and (validate.integer(self.n_buckets, "n_buckets", low=2) % 2):
             validate.fail("n_buckets", "an even number", self.n_buckets)

@@ -57,13 +57,8 @@ class TandemConfig:
     ln_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_large", "large_layers", "gamma", "max_len"):
-            validate.positive_int(getattr(self, name), name)
-        if self.d_model % self.n_heads:
-            validate.fail("n_heads", f"a divisor of d_model={self.d_model}", self.n_heads)
-        if self.d_ff is None:
-            object.__setattr__(self, "d_ff", 4 * self.d_model)
-        validate.positive_int(self.d_ff, "d_ff")
+        validate.model_widths(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_large", "large_layers",
+                                     "gamma", "max_len"))         # then n_heads | d_model, d_ff (4 d_model)
         lm = (self.large_layers,) * self.n_layers if self.layer_map is None else tuple(self.layer_map)
         if len(lm) != self.n_layers or not all(isinstance(v, (int, np.integer)) and 0 <= v <= self.large_layers
                                                for v in lm):

@@ -67,3 +67,25 @@ def test_block_gradcheck(rng, causal):
     res = gradcheck(fwd, bwd, {"h": h0, **params}, wrt=[k for k in ["h", *params] if not k.endswith("attn.bk")],
                     rng=rng)
     assert res.passed, str(res)
+
+
+def test_model_widths_checks_in_order_and_defaults_d_ff():
+    """core.validate.model_widths: the widths check every config runs (decoder, encoder, Reformer, Tandem)."""
+    from dataclasses import dataclass
+
+    from scratch_transformers.core import validate
+
+    @dataclass(frozen=True)
+    class C:
+        d_model: int = 8
+        n_heads: int = 2
+        extra: int = 1
+        d_ff: int | None = None
+
+    c = C()
+    validate.model_widths(c, ("d_model", "n_heads", "extra"))
+    assert c.d_ff == 32
+    for bad, match in [(C(extra=0), "extra"), (C(n_heads=3), "n_heads: expected a divisor of d_model=8"),
+                       (C(d_ff=0), "d_ff"), (C(d_model=0, n_heads=3), "d_model")]:
+        with pytest.raises(ValueError, match=match):
+            validate.model_widths(bad, ("d_model", "n_heads", "extra"))

@@ -72,6 +72,24 @@ def _tile_visible(r0, br, c0, causal, offset):
     return (not causal) or c0 <= r0 + br - 1 + offset
 
 
+def _check_tiling(n, d, m_sram, order, block_q, block_k, n_k, causal):
+    """The shared arguments of the two tiled counts, checked; block sizes from m_sram unless both are given."""
+    causal = validate.flag(causal, "causal")
+    n = validate.positive_int(n, "n")
+    d = validate.positive_int(d, "d")
+    n_k = n if n_k is None else validate.positive_int(n_k, "n_k")
+    validate.option(order, "order", ORDERS)
+    if block_q is None or block_k is None:
+        if m_sram is None:
+            validate.fail("m_sram", "an int (or both block_q and block_k)", None)
+        b_r, b_c = block_sizes(m_sram, d)
+        block_q = b_r if block_q is None else block_q
+        block_k = b_c if block_k is None else block_k
+    block_q = validate.positive_int(block_q, "block_q")
+    block_k = validate.positive_int(block_k, "block_k")
+    return n, d, n_k, causal, block_q, block_k
+
+
 def flash_hbm_accesses(n: int, d: int, m_sram: int | None = None, *, order: str = "fa1",
                        block_q: int | None = None, block_k: int | None = None, n_k: int | None = None,
                        causal: bool = False) -> dict:
@@ -86,19 +104,7 @@ def flash_hbm_accesses(n: int, d: int, m_sram: int | None = None, *, order: str 
     (top-left) diagonal are skipped (FA-2 §3.1.1), as in the kernels. Returns reads, writes,
     total, tiles (computed tile count) and all_tiles (T_r T_c).
     """
-    n = validate.positive_int(n, "n")
-    d = validate.positive_int(d, "d")
-    n_k = n if n_k is None else validate.positive_int(n_k, "n_k")
-    validate.option(order, "order", ORDERS)
-    causal = validate.flag(causal, "causal")
-    if block_q is None or block_k is None:
-        if m_sram is None:
-            validate.fail("m_sram", "an int (or both block_q and block_k)", None)
-        b_r, b_c = block_sizes(m_sram, d)
-        block_q = b_r if block_q is None else block_q
-        block_k = b_c if block_k is None else block_k
-    block_q = validate.positive_int(block_q, "block_q")
-    block_k = validate.positive_int(block_k, "block_k")
+    n, d, n_k, causal, block_q, block_k = _check_tiling(n, d, m_sram, order, block_q, block_k, n_k, causal)
     reads = writes = tiles = 0
     if order == "fa1":
         writes += n * d + 2 * n                                    # line 2: O = 0, l = 0, m = -inf
@@ -141,19 +147,7 @@ def flash_backward_hbm_accesses(n: int, d: int, m_sram: int | None = None, *, or
     (4 B_r d + 2 B_r; O_i as the algorithm prints it, although D_i already holds what it is needed for) and line
     15 writes dQ_i (B_r d); line 18 writes dK_j, dV_j (2 N_k d). Block sizes and causal as flash_hbm_accesses.
     """
-    causal = validate.flag(causal, "causal")
-    n = validate.positive_int(n, "n")
-    d = validate.positive_int(d, "d")
-    n_k = n if n_k is None else validate.positive_int(n_k, "n_k")
-    validate.option(order, "order", ORDERS)
-    if block_q is None or block_k is None:
-        if m_sram is None:
-            validate.fail("m_sram", "an int (or both block_q and block_k)", None)
-        b_r, b_c = block_sizes(m_sram, d)
-        block_q = b_r if block_q is None else block_q
-        block_k = b_c if block_k is None else block_k
-    block_q = validate.positive_int(block_q, "block_q")
-    block_k = validate.positive_int(block_k, "block_k")
+    n, d, n_k, causal, block_q, block_k = _check_tiling(n, d, m_sram, order, block_q, block_k, n_k, causal)
     if order == "fa1":
         reads, writes = 0, n * d + 2 * n_k * d                     # line 5: dQ, dK, dV = 0
     else:

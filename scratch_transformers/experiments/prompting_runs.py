@@ -17,10 +17,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..core import optim, train
 from ..core.io import atomic_write
 from ..models import encoder
 from ..prompting import corpus, ipet, lm, pet, soft_prompt
+from .common import fit
 
 PATTERNS = (  # PET §4.1's Yelp patterns, in this grammar's words
     ("after: x all in all , it was _ .", "{x} all in all , it was [MASK] ."),
@@ -38,21 +38,10 @@ class Setup(NamedTuple):
     max_len: int
 
 
-def fit_params(loss_and_grads, params, next_batch, *, steps, lr, rng, weight_decay=0.01, keys=None):
-    """AdamW + warmup-cosine + clipping for ``steps`` steps on a copy of ``params`` (only ``keys`` are trained
-    when given); returns the trained copy and the history."""
-    from .common import fit
-
+def fit_params(loss_and_grads, params, next_batch, *, steps, lr, rng, weight_decay=0.01):
+    """``experiments.common.fit`` on a copy of ``params`` (the pretrained weights are never modified);
+    returns the trained copy and the history."""
     params = {k: v.copy() for k, v in params.items()}
-    if keys is not None:
-        frozen = {k: v for k, v in params.items() if k not in keys}
-        trained = {k: params[k] for k in keys}
-
-        def lg(p, batch, r):
-            loss, grads = loss_and_grads({**frozen, **p}, batch, r)
-            return loss, {k: grads[k] for k in keys}
-        hist = fit(lg, trained, next_batch, steps=steps, lr=lr, rng=rng, weight_decay=weight_decay, progress=False)
-        return {**frozen, **trained}, hist
     hist = fit(loss_and_grads, params, next_batch, steps=steps, lr=lr, rng=rng, weight_decay=weight_decay,
                progress=False)
     return params, hist
@@ -101,7 +90,6 @@ def pretrain(cfg, rng, cache_dir: Path | None, progress=True):
         inputs, targets, pad = batch
         return encoder.mlm_loss_and_grads(p, config, inputs, targets, padding_mask=pad)
 
-    from .common import fit
     hist = fit(loss_and_grads, params, next_batch, steps=cfg["pretrain_steps"], lr=cfg["pretrain_lr"], rng=r_train,
                weight_decay=0.01, progress=progress, desc="prompting: MLM pretraining")
     history = np.asarray(hist.losses, dtype=np.float64)

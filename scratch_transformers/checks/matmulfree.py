@@ -8,7 +8,6 @@ quantised form is tested exactly in tests/matmulfree/test_matmulfree_bitlinear.p
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..core.registry import Op
 from ..matmulfree.bitlinear import bitlinear_backward, bitlinear_forward

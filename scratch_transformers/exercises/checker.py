@@ -27,7 +27,7 @@ from ..core import validate
 from .catalog import Exercise, find
 from .diagnose import diagnose, relative_error
 from .hard_cases import input_sets
-from .patching import Recorder, describe, structure_mismatch, substituted
+from .patching import Recorder, structure_mismatch, substituted
 
 
 NUMERIC_FLOOR = 1e-8

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 
 from ..core import validate
 from ..core.layers import (ProjectionCache, RMSNormCache, project_backward, project_forward, rms_norm_backward,

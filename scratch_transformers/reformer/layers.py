@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numpy as np
 
 from ..core import validate
 from ..core.functional import gelu_backward, gelu_forward

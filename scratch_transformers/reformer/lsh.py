@@ -313,7 +313,7 @@ def lsh_attention_matrix(cache: LSHCache) -> np.ndarray:
     copies of w_r p^(r)_ij, so out = A @ v and every row sums to 1 (tests, experiments)."""
     _check_cache(cache)
     b, h, n_pad, _ = cache.qk.shape
-    m, n = cache.bucket_size, cache.n
+    n = cache.n
     a = _round_weighted_p(cache)                                       # (B, H, C, m, 2m)
     tok = cache.perm % n_pad
     qpos = tok.reshape(a.shape[:4])

@@ -207,26 +207,26 @@ def check_rank(adapters: dict, config: LoRAConfig) -> list[str]:
     return names
 
 
-def merge_adapters(params: dict, adapters: dict, config: LoRAConfig) -> dict:
-    """A new params dict with every adapted weight replaced by W0 + s A B (the other arrays are shared)."""
+def _map_adapted(params: dict, adapters: dict, config: LoRAConfig, op) -> dict:
+    """A new params dict with op(W, A, B, s) for every adapted weight W (the other arrays are shared)."""
     check_rank(adapters, config)
     out = dict(params)
     for name in adapted_names(adapters):
         ka, kb = adapter_keys(name)
         if name not in params:
             validate.fail("adapters", f"weights present in params (no {name!r})", sorted(params)[:4])
-        out[name] = merge(params[name], adapters[ka], adapters[kb], config.scale)
+        out[name] = op(params[name], adapters[ka], adapters[kb], config.scale)
     return out
+
+
+def merge_adapters(params: dict, adapters: dict, config: LoRAConfig) -> dict:
+    """A new params dict with every adapted weight replaced by W0 + s A B (the other arrays are shared)."""
+    return _map_adapted(params, adapters, config, merge)
 
 
 def unmerge_adapters(params: dict, adapters: dict, config: LoRAConfig) -> dict:
     """Inverse of merge_adapters: W0 = W - s A B for every adapted weight."""
-    check_rank(adapters, config)
-    out = dict(params)
-    for name in adapted_names(adapters):
-        ka, kb = adapter_keys(name)
-        out[name] = unmerge(params[name], adapters[ka], adapters[kb], config.scale)
-    return out
+    return _map_adapted(params, adapters, config, unmerge)
 
 
 def n_params(params: dict) -> int:

@@ -40,6 +40,14 @@ def available_experiments() -> list[str]:
     return [n for n in TOUR if importlib.util.find_spec(f"scratch_transformers.experiments.{n}") is not None]
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity where the OS tells it, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
 def available_benchmarks() -> list[str]:
     if not BENCH_DIR.is_dir():
         return []
@@ -108,36 +116,48 @@ def write_report(results, out_dir: Path, size: str, seed: int, elapsed: dict, fa
 
 
 def cmd_tour(args) -> int:
-    import traceback
+    from tqdm.auto import tqdm
+
+    from .experiments.runner import measures_time, run_all
 
     names = available_experiments()
     missing = [n for n in TOUR if n not in names]
     if missing:
         print(f"note: experiments not present in this build: {', '.join(missing)}")
+    if args.jobs < 1:
+        print(f"error: --jobs: expected an integer >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     warm = prepare(Path(args.out), names)
     if warm is None:
         return 2
-    results, elapsed, cpu, failures = [], {}, {}, {}
-    for i, name in enumerate(names):
-        print(f"\n=== [{i + 1}/{len(names)}] {name} ===", flush=True)
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            res = run_experiment(name, args.size, args.seed, args.out)
-            results.append(res)
-            print(res.summary.strip())
-        except Exception:  # report and go on: one broken experiment must not hide the others
-            failures[name] = traceback.format_exc()
-            print(failures[name], file=sys.stderr)
-        elapsed[name] = time.perf_counter() - t0
-        cpu[name] = time.process_time() - c0
+    modules = {n: f"scratch_transformers.experiments.{n}" for n in names}
+    timed = [n for n in names if measures_time(modules[n])]
+    if args.jobs > 1:
+        print(f"\nRunning {', '.join(n for n in names if n not in timed)} {args.jobs} at a time in worker processes "
+              f"(one thread each; their per-step progress bars are off), then {', '.join(timed)} one at a time, "
+              "alone, because they report wall-clock speed. Each summary is printed when its experiment ends.",
+              flush=True)
+    bar = tqdm(total=len(names), desc="tour", unit="experiment", disable=args.jobs == 1)
+
+    def on_done(o):
+        text = (o.result.summary.strip() if o.error is None else o.error)
+        bar.write(f"\n=== {o.name} ({o.wall:.1f} s, {o.where}) ===\n{text}")
+        bar.update(1)
+
+    outcomes = run_all(modules, args.size, args.seed, args.out, jobs=args.jobs, on_done=on_done)
+    bar.close()
+    results = [o.result for o in outcomes.values() if o.error is None]
+    failures = {n: o.error for n, o in outcomes.items() if o.error is not None}
+    elapsed = {n: o.wall for n, o in outcomes.items()}
     report = write_report(results, Path(args.out), args.size, args.seed, elapsed, failures, warm)
     print("\n=== summary ===")
-    print(f"{'':<12} {'wall':>9} {'CPU':>9}   (CPU: all threads of this process; on a shared machine the wall "
-          "time also counts waiting for a core)")
+    print(f"{'':<12} {'wall':>9} {'CPU':>9}   (CPU: all threads of the experiment's process; on a shared machine "
+          "the wall time also counts waiting for a core)")
     print(f"{'numba':<12} {warm:7.1f} s {'':>9}   compiled on a first run, loaded from the cache afterwards")
-    for name, sec in elapsed.items():
-        print(f"{name:<12} {sec:7.1f} s {cpu[name]:7.1f} s   {'FAILED' if name in failures else 'ok'}")
-    print(f"experiments  {sum(elapsed.values()):7.1f} s\ntotal        {warm + sum(elapsed.values()):7.1f} s"
+    for name, o in outcomes.items():
+        print(f"{name:<12} {o.wall:7.1f} s {o.cpu:7.1f} s   {'FAILED' if name in failures else 'ok'} ({o.where})")
+    print(f"tour         {time.perf_counter() - args.t_start:7.1f} s wall, start to end"
+          f" (experiments alone: {sum(o.wall for o in outcomes.values() if o.where == 'alone'):.1f} s)"
           f"\nreport: {report}")
     return 1 if failures else 0
 
@@ -217,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tour", parents=[common], help="every method's quick experiment, figures and report.md")
     p.add_argument("--size", choices=("quick", "full"), default="quick")
+    p.add_argument("--jobs", type=int, default=available_cores(),
+                   help="experiments run at a time in worker processes, one thread each; those that report "
+                        "wall-clock speed always run alone afterwards (default: the cores this process may use)")
     p.set_defaults(func=cmd_tour)
 
     p = sub.add_parser("check", parents=[common], help="gradient check of every registered forward/backward pair")
@@ -243,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    t_start = time.perf_counter()
     args = build_parser().parse_args(argv)
+    args.t_start = t_start
     return args.func(args)
 
 

@@ -33,6 +33,7 @@ from ..core.measure import median_seconds, traced_peak
 from .common import ExperimentResult, markdown_table, savefig
 
 NAME = "flash"
+MEASURES_TIME = True        # reports wall-clock time vs N: the tour runs it alone (experiments.runner)
 TITLE = "FlashAttention: exact tiled attention, memory vs N, HBM accesses vs SRAM size"
 
 SIZES = {

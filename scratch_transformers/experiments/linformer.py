@@ -29,6 +29,7 @@ from ..models import encoder as enc
 from .common import ExperimentResult, fit, markdown_table, savefig
 
 NAME = "linformer"
+MEASURES_TIME = True        # reports wall-clock seconds vs n: the tour runs it alone (experiments.runner)
 TITLE = "Linformer: the spectrum of attention, and masked-LM training with k projected slots"
 
 VOCAB, MASK_ID = 257, 256                 # the 256 byte values and [MASK]

@@ -37,6 +37,7 @@ from . import protocol
 from .common import ExperimentResult, fit, markdown_table, mean_loss, savefig
 
 NAME = "matmulfree"
+MEASURES_TIME = True        # reports wall-clock tokens/s: the tour runs it alone (experiments.runner)
 TITLE = "MatMul-free LM vs transformer at matched parameters; packed ternary inference"
 
 MODELS = ("mmf", "mmf-float", "transformer")
@@ -47,6 +48,17 @@ SIZES = {
     "full": dict(d=64, layers=2, ctx=64, batch=8, steps=600, sweep=(1e-3, 3e-3, 1e-2, 3e-2), seeds=3, eval_windows=128,
                  lrs=None, gen_tokens=48, wide_d=1024),
 }
+
+
+def warm_up():
+    """The ternary kernels as ``inference_table`` calls them (both packings; one token at a time, small enough for the
+    serial build), compiled or loaded before anything is timed (experiments.warmup)."""
+    from ..matmulfree.ternary_kernel import pack_ternary, ternary_matmul_int
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-127, 128, size=(1, 10), dtype=np.int8)
+    for fmt in ("2bit", "base3"):
+        ternary_matmul_int(x, pack_ternary(rng.integers(-1, 2, size=(10, 3)).astype(np.int8), fmt))
 
 
 def make_model(name, cfg, rng, dtype=np.float64):

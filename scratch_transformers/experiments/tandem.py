@@ -32,6 +32,7 @@ from ..tandem.speculative import predicted_speedup, speculative_decode
 from .common import ExperimentResult, fit, markdown_table, savefig
 
 NAME = "tandem"
+MEASURES_TIME = True        # reports wall-clock speed-ups: the tour runs it alone (experiments.runner)
 TITLE = "Tandem Transformers + SPEED: a small model attending to a large one's representations"
 
 SIZES = {

@@ -1,0 +1,107 @@
+"""How ``tour`` runs its experiments: several at a time where that cannot change what they report, alone where it can.
+
+An experiment reports losses, accuracies, counts and bytes: numbers that do not depend on what else the machine is
+doing. Those experiments run ``jobs`` at a time, each in a worker process with one numba thread and one BLAS thread
+(so ``jobs`` workers keep ``jobs`` cores busy and no worker waits for a thread of the other). An experiment whose
+report includes wall-clock speed (module attribute ``MEASURES_TIME = True``: flash, matmulfree, tandem, linformer)
+runs afterwards in this process, alone, with all of numba's threads: no other experiment of ours shares the cores
+with its timings.
+
+Every experiment gets ``numpy.random.default_rng(seed)`` of its own, in a worker or not, so its numbers do not depend
+on the order, on ``jobs`` or on which process ran it. Workers are started with ``spawn`` (a fresh interpreter: no
+numba threads are copied by a fork); the numba kernels must already be compiled (``warmup.warm_up``), so workers
+only load them from the cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core import validate
+
+
+@dataclass
+class Outcome:
+    """One experiment's run: its ExperimentResult (None if it failed), wall and CPU seconds of its process while it
+    ran, the traceback text if it raised, and where it ran ("worker" or "alone")."""
+
+    name: str
+    result: object
+    wall: float
+    cpu: float
+    error: str | None
+    where: str
+
+
+def measures_time(module_name: str) -> bool:
+    """True if the experiment module reports wall-clock speed (``MEASURES_TIME = True``)."""
+    return bool(getattr(importlib.import_module(module_name), "MEASURES_TIME", False))
+
+
+def run_one(name: str, module_name: str, size: str, seed: int, out_dir, progress: bool, where: str = "alone"
+            ) -> Outcome:
+    """Import ``module_name`` and call its ``run(size, rng=default_rng(seed), out_dir=out_dir / name, progress)``;
+    an exception becomes the Outcome's ``error`` (one broken experiment must not hide the others)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        module = importlib.import_module(module_name)
+        result = module.run(size=size, rng=np.random.default_rng(seed), out_dir=Path(out_dir) / name,
+                            progress=progress)
+        error = None
+    except Exception:
+        result, error = None, traceback.format_exc()
+    return Outcome(name, result, time.perf_counter() - t0, time.process_time() - c0, error, where)
+
+
+def _worker_init():
+    """One numba thread per worker process (BLAS is single-threaded already for training commands: __main__)."""
+    import numba
+
+    numba.set_num_threads(1)
+
+
+def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, progress: bool = True,
+            on_done=None) -> dict:
+    """Run every experiment of ``modules`` ({name: module name}, in report order); returns {name: Outcome} in that
+    order. ``jobs`` > 1: the experiments without ``MEASURES_TIME`` run that many at a time in worker processes
+    (without progress bars: two processes cannot share one terminal line), then the timed ones alone here.
+    ``jobs`` = 1: all of them here, one after another, in order. ``on_done(outcome)`` is called as each finishes."""
+    if not isinstance(modules, dict) or not modules:
+        validate.fail("modules", "a non-empty dict {experiment name: module name}", modules)
+    size = validate.option(size, "size", ("quick", "full"))
+    jobs = validate.integer(jobs, "jobs", low=1)
+    progress = validate.flag(progress, "progress")
+    done = {}
+
+    def finish(outcome):
+        done[outcome.name] = outcome
+        if on_done is not None:
+            on_done(outcome)
+
+    pooled = [n for n, m in modules.items() if jobs > 1 and not measures_time(m)]
+    if len(pooled) > 1:
+        import multiprocessing
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(pooled)), initializer=_worker_init,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_one, n, modules[n], size, seed, out_dir, False, "worker"): n for n in pooled}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    try:
+                        finish(fut.result())
+                    except Exception:              # the worker itself died (killed, out of memory, ...)
+                        finish(Outcome(futures[fut], None, float("nan"), float("nan"), traceback.format_exc(),
+                                       "worker"))
+    for name, module_name in modules.items():
+        if name not in done:
+            finish(run_one(name, module_name, size, seed, out_dir, progress))
+    return {name: done[name] for name in modules}

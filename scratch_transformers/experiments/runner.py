@@ -10,7 +10,7 @@ with its timings.
 Every experiment gets ``numpy.random.default_rng(seed)`` of its own, in a worker or not, so its numbers do not depend
 on the order, on ``jobs`` or on which process ran it. Workers are started with ``spawn`` (a fresh interpreter: no
 numba threads are copied by a fork); the numba kernels must already be compiled (``warmup.warm_up``), so workers
-only load them from the cache.
+only load them from the cache, which each does before it starts its first experiment's clock.
 """
 
 from __future__ import annotations
@@ -60,11 +60,15 @@ def run_one(name: str, module_name: str, size: str, seed: int, out_dir, progress
     return Outcome(name, result, time.perf_counter() - t0, time.process_time() - c0, error, where)
 
 
-def _worker_init():
-    """One numba thread per worker process (BLAS is single-threaded already for training commands: __main__)."""
+def _worker_init(names):
+    """One numba thread per worker process (BLAS is single-threaded already for training commands: __main__), and
+    the kernels of ``names`` loaded from numba's cache before any experiment's clock starts."""
     import numba
 
+    from .warmup import warm_up
+
     numba.set_num_threads(1)
+    warm_up(names, progress=False)
 
 
 def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, progress: bool = True,
@@ -90,7 +94,7 @@ def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, prog
         import multiprocessing
 
         with ProcessPoolExecutor(max_workers=min(jobs, len(pooled)), initializer=_worker_init,
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+                                 initargs=(pooled,), mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(run_one, n, modules[n], size, seed, out_dir, False, "worker"): n for n in pooled}
             pending = set(futures)
             while pending:

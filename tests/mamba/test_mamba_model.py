@@ -145,3 +145,17 @@ def test_experiment_runs_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
             assert res.metrics[f"lr_{task}_{kind}"] in E.LR_GRID
             assert res.metrics[f"steps_{task}_{kind}"] in (3, 6)       # 3 steps, or doubled once
     assert "| Mamba (S6, selective) |" in res.summary and "± " in res.summary
+
+
+def test_quick_choices_cover_every_model_and_came_from_the_procedure():
+    """The tour's recorded (rate, steps) exist for every (task, model), use a rate of the grid and the SIZES steps
+    times a power of two no larger than the budget check allows."""
+    from scratch_transformers.experiments import mamba as E
+    cfg = E.SIZES["quick"]
+    chosen = E.CHOSEN["quick"]
+    assert set(chosen) == {(t, k) for t in E.TASKS for k in cfg["models"]}
+    for (task, kind), (lr, steps, how) in chosen.items():
+        base = cfg["copy_steps" if task == "copy" else "ind_steps"]
+        assert lr in E.LR_GRID
+        assert steps in [base * 2 ** i for i in range(E.MAX_DOUBLINGS["quick"] + 1)]
+        assert "sweep" in how and "x2 steps" in how

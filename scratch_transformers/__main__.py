@@ -144,7 +144,11 @@ def cmd_tour(args) -> int:
         bar.write(f"\n=== {o.name} ({o.wall:.1f} s, {o.where}) ===\n{text}")
         bar.update(1)
 
-    outcomes = run_all(modules, args.size, args.seed, args.out, jobs=args.jobs, on_done=on_done)
+    def on_tick(running):
+        bar.set_postfix_str("running: " + (", ".join(running) or "-"), refresh=False)
+        bar.refresh()
+
+    outcomes = run_all(modules, args.size, args.seed, args.out, jobs=args.jobs, on_done=on_done, on_tick=on_tick)
     bar.close()
     results = [o.result for o in outcomes.values() if o.error is None]
     failures = {n: o.error for n, o in outcomes.items() if o.error is not None}

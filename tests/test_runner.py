@@ -34,8 +34,10 @@ def fakes(tmp_path, monkeypatch):
 
 
 def test_workers_run_the_untimed_and_this_process_the_timed(fakes, tmp_path):
-    seen = []
-    out = runner.run_all(fakes, "quick", 7, tmp_path / "out", jobs=2, progress=False, on_done=seen.append)
+    seen, ticks = [], []
+    out = runner.run_all(fakes, "quick", 7, tmp_path / "out", jobs=2, progress=False, on_done=seen.append,
+                         on_tick=ticks.append)
+    assert ticks and all(set(t) <= {"fake_a", "fake_b", "fake_broken"} for t in ticks)   # only workers' names
     assert list(out) == list(fakes)                              # report order, whatever finished first
     assert sorted(o.name for o in seen) == sorted(fakes)         # on_done once per experiment
     for name in ("fake_a", "fake_b"):

@@ -72,11 +72,12 @@ def _worker_init(names):
 
 
 def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, progress: bool = True,
-            on_done=None) -> dict:
+            on_done=None, on_tick=None) -> dict:
     """Run every experiment of ``modules`` ({name: module name}, in report order); returns {name: Outcome} in that
     order. ``jobs`` > 1: the experiments without ``MEASURES_TIME`` run that many at a time in worker processes
     (without progress bars: two processes cannot share one terminal line), then the timed ones alone here.
-    ``jobs`` = 1: all of them here, one after another, in order. ``on_done(outcome)`` is called as each finishes."""
+    ``jobs`` = 1: all of them here, one after another, in order. ``on_done(outcome)`` is called as each finishes,
+    ``on_tick(names)`` about once a second with the names the workers are running (for a live status line)."""
     if not isinstance(modules, dict) or not modules:
         validate.fail("modules", "a non-empty dict {experiment name: module name}", modules)
     size = validate.option(size, "size", ("quick", "full"))
@@ -98,7 +99,9 @@ def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, prog
             futures = {pool.submit(run_one, n, modules[n], size, seed, out_dir, False, "worker"): n for n in pooled}
             pending = set(futures)
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                if on_tick is not None:
+                    on_tick([futures[f] for f in pending if f.running()])
                 for fut in finished:
                     try:
                         finish(fut.result())

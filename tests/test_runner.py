@@ -16,6 +16,8 @@ class Result:
         self.summary, self.metrics = summary, metrics
 
 def run(size="quick", rng=None, out_dir=None, progress=True):
+    if {die}:
+        os._exit(3)                       # the process dies: no exception, no result
     if {fail}:
         raise RuntimeError("broken on purpose")
     return Result("ok", dict(draw=float(rng.random()), pid=os.getpid(), threads=numba.get_num_threads(),
@@ -28,7 +30,7 @@ def fakes(tmp_path, monkeypatch):
     specs = {"fake_a": (False, False), "fake_timed": (True, False), "fake_b": (False, False),
              "fake_broken": (False, True)}
     for name, (timed, fail) in specs.items():
-        (tmp_path / f"{name}.py").write_text(FAKE.format(timed=timed, fail=fail))
+        (tmp_path / f"{name}.py").write_text(FAKE.format(timed=timed, fail=fail, die=False))
     monkeypatch.syspath_prepend(str(tmp_path))     # spawned workers get this sys.path too
     return {name: name for name in specs}
 
@@ -75,3 +77,16 @@ def test_tour_marks_exactly_the_experiments_that_report_speed():
 
     timed = [n for n in TOUR if runner.measures_time(f"scratch_transformers.experiments.{n}")]
     assert timed == ["flash", "matmulfree", "tandem", "linformer"]
+
+
+def test_a_dead_worker_fails_its_experiment_and_the_rest_still_run(fakes, tmp_path):
+    (tmp_path / "fake_dies.py").write_text(FAKE.format(timed=False, fail=False, die=True))
+    modules = {"fake_dies": "fake_dies", **fakes}
+    out = runner.run_all(modules, "quick", 0, tmp_path, jobs=2, progress=False)
+    assert out["fake_dies"].result is None and "BrokenProcessPool" in out["fake_dies"].error
+    assert "experiment fake_dies" in out["fake_dies"].error
+    # fake_a ran beside it: finished first, or lost with the pool; the ones not yet started run alone afterwards
+    assert out["fake_a"].error is None or "BrokenProcessPool" in out["fake_a"].error
+    for name in ("fake_b", "fake_timed"):
+        assert out[name].error is None and out[name].result.metrics["size"] == "quick"
+        assert out[name].where == "alone"

@@ -19,6 +19,7 @@ import importlib
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,18 +97,32 @@ def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, prog
 
         with ProcessPoolExecutor(max_workers=min(jobs, len(pooled)), initializer=_worker_init,
                                  initargs=(pooled,), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, n, modules[n], size, seed, out_dir, False, "worker"): n for n in pooled}
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                if on_tick is not None:
-                    on_tick([futures[f] for f in pending if f.running()])
+            waiting, futures = list(pooled), {}
+
+            def submit_next():                     # at most one experiment per worker is handed out at a time,
+                name = waiting[0]                  # so ``futures`` holds exactly the running ones
+                try:
+                    futures[pool.submit(run_one, name, modules[name], size, seed, out_dir, False, "worker")] = name
+                    waiting.pop(0)
+                except BrokenProcessPool:          # a worker died: what has not started runs alone below
+                    waiting.clear()
+
+            for _ in range(min(jobs, len(pooled))):
+                submit_next()
+            while futures:
+                finished, _ = wait(futures, timeout=1.0, return_when=FIRST_COMPLETED)
                 for fut in finished:
+                    name = futures.pop(fut)
                     try:
                         finish(fut.result())
-                    except Exception:              # the worker itself died (killed, out of memory, ...)
-                        finish(Outcome(futures[fut], None, float("nan"), float("nan"), traceback.format_exc(),
-                                       "worker"))
+                    except Exception:              # a worker died (killed, out of memory, ...): the pool is broken
+                        finish(Outcome(name, None, float("nan"), float("nan"), traceback.format_exc()
+                                       + "A worker process died while this experiment ran (this one or the one "
+                                       f"beside it); `experiment {name}` runs it alone.\n", "worker"))
+                    if waiting:
+                        submit_next()
+                if on_tick is not None:
+                    on_tick(list(futures.values()))
     for name, module_name in modules.items():
         if name not in done:
             finish(run_one(name, module_name, size, seed, out_dir, progress))

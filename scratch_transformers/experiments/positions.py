@@ -134,9 +134,10 @@ def scaling_law_rows(head_dim: int, train_len: int, tune_lens, base: float = 100
     return rows
 
 
-def plot_curves(loss: dict, tail: dict, lengths: list, L: int, cfg: dict, out_dir) -> Path:
+def plot_curves(loss: dict, tail: dict, lengths: list, L: int, cfg: dict, out_dir, bounds: dict | None = None) -> Path:
     """ALiBi Fig. 1 style: validation loss vs evaluation length, one curve per method; left all tokens,
-    right only the tokens at positions >= L. loss/tail: {method: {length: value}}."""
+    right only the tokens at positions >= L. loss/tail: {method: {length: value}}; bounds: {method: the
+    2310.05209 extrapolation bound in tokens}, drawn in the method's colour where it lies past L."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -150,6 +151,10 @@ def plot_curves(loss: dict, tail: dict, lengths: list, L: int, cfg: dict, out_di
             c, mk, ls = styles[method]
             ax.plot(xs, [values[method][n] for n in xs], ls, color=c, marker=mk, label=method, lw=1.3, ms=5)
         ax.axvline(L, color="k", lw=0.8, ls=":", label=f"training length L = {L}")
+        for method, bound in (bounds or {}).items():
+            if L < bound <= max(lengths) and method in styles:
+                ax.axvline(bound, color=styles[method][0], lw=0.8, ls="--",
+                           label=f"predicted bound of {method}: {bound:.0f} (2310.05209 eq. 16b)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths)
         ax.set_xticklabels([str(n) for n in lengths])
@@ -158,8 +163,8 @@ def plot_curves(loss: dict, tail: dict, lengths: list, L: int, cfg: dict, out_di
     for ax in axes:                                                      # clip only runaway blow-ups
         ax.set_ylim(min(every) - 0.05, min(max(every), min(every) + 2.5) + 0.05)
     handles, labels = axes[0].get_legend_handles_labels()           # every method is in the left panel
-    fig.suptitle(f"Byte LMs trained at L={L} ({cfg['steps']} steps, d={cfg['d_model']}, "
-                 f"{cfg['n_layers']} layers), evaluated at 1x..{max(cfg['mults']):g}x", fontsize=10)
+    fig.suptitle(f"Byte LMs trained at L={L} ({cfg['steps']} steps, d={cfg['d_model']}, {cfg['n_layers']} layers), "
+                 f"evaluated at " + ", ".join(f"{n / L:g}x" for n in lengths), fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
     return savefig(fig, out_dir, "positions_extrapolation.png")
@@ -251,7 +256,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     total = time.perf_counter() - t0
 
     # ---- figure: ALiBi Fig. 1 style, loss vs evaluation length --------------------------------------
-    fig_path = plot_curves(loss, tail, all_lengths, L, cfg, out_dir)
+    fig_path = plot_curves(loss, tail, all_lengths, L, cfg, out_dir, bounds)
 
     # ---- RoFormer Fig. 2 (long-term decay) and the base changes used above, no training -------------
     fig2, ax = plt.subplots(figsize=(6, 3.4))

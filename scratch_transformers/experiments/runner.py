@@ -1,8 +1,8 @@
 """How ``tour`` runs its experiments: several at a time where that cannot change what they report, alone where it can.
 
 An experiment reports losses, accuracies, counts and bytes: numbers that do not depend on what else the machine is
-doing. Those experiments run ``jobs`` at a time, each in a worker process with one numba thread and one BLAS thread
-(so ``jobs`` workers keep ``jobs`` cores busy and no worker waits for a thread of the other). An experiment whose
+doing. Those experiments run ``jobs`` at a time, each in a worker process of its own with one numba thread and one
+BLAS thread (so ``jobs`` workers keep ``jobs`` cores busy and no worker waits for a thread of the other). An experiment whose
 report includes wall-clock speed (module attribute ``MEASURES_TIME = True``: flash, matmulfree, tandem, linformer)
 runs afterwards in this process, alone, with all of numba's threads: no other experiment of ours shares the cores
 with its timings.
@@ -10,7 +10,7 @@ with its timings.
 Every experiment gets ``numpy.random.default_rng(seed)`` of its own, in a worker or not, so its numbers do not depend
 on the order, on ``jobs`` or on which process ran it. Workers are started with ``spawn`` (a fresh interpreter: no
 numba threads are copied by a fork); the numba kernels must already be compiled (``warmup.warm_up``), so workers
-only load them from the cache, which each does before it starts its first experiment's clock.
+only load them from the cache, which each does before its experiment's clock starts.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from __future__ import annotations
 import importlib
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,24 +59,28 @@ def run_one(name: str, module_name: str, size: str, seed: int, out_dir, progress
     return Outcome(name, result, time.perf_counter() - t0, time.process_time() - c0, error, where)
 
 
-def _worker_init(names):
-    """One numba thread per worker process (BLAS is single-threaded already for training commands: __main__), and
-    the kernels of ``names`` loaded from numba's cache before any experiment's clock starts."""
+def _worker(conn, name: str, module_name: str, size: str, seed: int, out_dir) -> None:
+    """A worker process: one numba thread (BLAS is single-threaded already for training commands: __main__), the
+    experiment's kernels loaded from numba's cache before its clock starts, then the experiment; its Outcome is
+    sent back through ``conn``."""
     import numba
 
     from .warmup import warm_up
 
     numba.set_num_threads(1)
-    warm_up(names, progress=False)
+    warm_up([name], progress=False)
+    conn.send(run_one(name, module_name, size, seed, out_dir, False, "worker"))
+    conn.close()
 
 
 def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, progress: bool = True,
             on_done=None, on_tick=None) -> dict:
     """Run every experiment of ``modules`` ({name: module name}, in report order); returns {name: Outcome} in that
-    order. ``jobs`` > 1: the experiments without ``MEASURES_TIME`` run that many at a time in worker processes
-    (without progress bars: two processes cannot share one terminal line), then the timed ones alone here.
-    ``jobs`` = 1: all of them here, one after another, in order. ``on_done(outcome)`` is called as each finishes,
-    ``on_tick(names)`` about once a second with the names the workers are running (for a live status line)."""
+    order. ``jobs`` > 1: the experiments without ``MEASURES_TIME`` run that many at a time, each in a worker process
+    of its own (without progress bars: two processes cannot share one terminal line; a worker that dies takes only
+    its own experiment with it), then the timed ones alone here. ``jobs`` = 1: all of them here, one after another,
+    in order. ``on_done(outcome)`` is called as each finishes, ``on_tick(names)`` about once a second with the names
+    of the running workers (for a live status line)."""
     if not isinstance(modules, dict) or not modules:
         validate.fail("modules", "a non-empty dict {experiment name: module name}", modules)
     size = validate.option(size, "size", ("quick", "full"))
@@ -91,38 +93,38 @@ def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, prog
         if on_done is not None:
             on_done(outcome)
 
-    pooled = [n for n, m in modules.items() if jobs > 1 and not measures_time(m)]
-    if len(pooled) > 1:
+    waiting = [n for n, m in modules.items() if jobs > 1 and not measures_time(m)]
+    if len(waiting) > 1:
         import multiprocessing
+        from multiprocessing.connection import wait
 
-        with ProcessPoolExecutor(max_workers=min(jobs, len(pooled)), initializer=_worker_init,
-                                 initargs=(pooled,), mp_context=multiprocessing.get_context("spawn")) as pool:
-            waiting, futures = list(pooled), {}
-
-            def submit_next():                     # at most one experiment per worker is handed out at a time,
-                name = waiting[0]                  # so ``futures`` holds exactly the running ones
+        ctx = multiprocessing.get_context("spawn")
+        running = {}                                              # name -> (process, receiving end, start time)
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                name = waiting.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, args=(send, name, modules[name], size, seed, out_dir),
+                                   name=f"experiment {name}", daemon=True)
+                proc.start()
+                send.close()                                      # the child holds the only sending end
+                running[name] = (proc, receive, time.perf_counter())
+            wait([r for _, r, _ in running.values()], timeout=1.0)
+            for name, (proc, receive, t0) in list(running.items()):
+                if not receive.poll():
+                    continue
                 try:
-                    futures[pool.submit(run_one, name, modules[name], size, seed, out_dir, False, "worker")] = name
-                    waiting.pop(0)
-                except BrokenProcessPool:          # a worker died: what has not started runs alone below
-                    waiting.clear()
-
-            for _ in range(min(jobs, len(pooled))):
-                submit_next()
-            while futures:
-                finished, _ = wait(futures, timeout=1.0, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    name = futures.pop(fut)
-                    try:
-                        finish(fut.result())
-                    except Exception:              # a worker died (killed, out of memory, ...): the pool is broken
-                        finish(Outcome(name, None, float("nan"), float("nan"), traceback.format_exc()
-                                       + "A worker process died while this experiment ran (this one or the one "
-                                       f"beside it); `experiment {name}` runs it alone.\n", "worker"))
-                    if waiting:
-                        submit_next()
-                if on_tick is not None:
-                    on_tick(list(futures.values()))
+                    outcome = receive.recv()
+                except EOFError:                                  # the process ended without sending a result
+                    proc.join()
+                    outcome = Outcome(name, None, time.perf_counter() - t0, float("nan"),
+                                      f"the worker process running {name} died (exit code {proc.exitcode}) before "
+                                      f"it returned a result; `experiment {name}` runs it alone.\n", "worker")
+                proc.join()
+                del running[name]
+                finish(outcome)
+            if on_tick is not None:
+                on_tick(list(running))
     for name, module_name in modules.items():
         if name not in done:
             finish(run_one(name, module_name, size, seed, out_dir, progress))

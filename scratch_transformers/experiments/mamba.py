@@ -225,7 +225,7 @@ def run(size="quick", rng=None, out_dir=Path("out"), progress=True) -> Experimen
     import matplotlib.pyplot as plt
 
     colours = {"s6": "C0", "lti": "C1", "attention": "C2"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.0))
     for ax, task, chance in ((axes[0], "copy", 100 / (cfg["copy_vocab"] - 2)),
                              (axes[1], "induction", 100 / (cfg["ind_vocab"] - 1))):
         for kind in cfg["models"]:
@@ -236,7 +236,7 @@ def run(size="quick", rng=None, out_dir=Path("out"), progress=True) -> Experimen
             ax.fill_between(st, lo, hi, color=colours[kind], alpha=0.2)
         ax.axhline(chance, color="gray", ls=":", lw=1, label="chance")
         ax.set(xlabel="training step", ylabel="held-out accuracy (%)", ylim=(0, 102))
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)   # below: no data hidden
     axes[0].set_title(f"Selective copying (region {cfg['copy_region']}, {cfg['copy_tokens']} tokens)", fontsize=10)
     axes[1].set_title(f"Induction heads: training (length {L0})", fontsize=10)
     for kind in cfg["models"]:
@@ -252,7 +252,7 @@ def run(size="quick", rng=None, out_dir=Path("out"), progress=True) -> Experimen
     axes[2].set_xticklabels([str(n) for n in lengths])
     axes[2].set(title="Induction heads: test length", xlabel="sequence length (tokens)",
                 ylabel="accuracy (%)", ylim=(0, 102))
-    axes[2].legend(fontsize=7)
+    axes[2].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle(f"mean of {len(SEEDS)} seeds; shaded / bars: min-max over seeds", fontsize=9)
     fig.tight_layout()
     fig_path = savefig(fig, out_dir, "mamba_synthetic.png")

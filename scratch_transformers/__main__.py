@@ -90,12 +90,6 @@ def prepare(out_dir: Path, names=None) -> float | None:
     return seconds
 
 
-def run_experiment(name: str, size: str, seed: int, out_dir: Path):
-    module = importlib.import_module(f"scratch_transformers.experiments.{name}")
-    rng = np.random.default_rng(seed)
-    return module.run(size=size, rng=rng, out_dir=Path(out_dir) / name)
-
-
 def write_report(results, out_dir: Path, size: str, seed: int, elapsed: dict, failures: dict,
                  warm_seconds: float | None = None) -> Path:
     """report.md: the summary table, then each experiment's summary with its figures."""
@@ -172,9 +166,15 @@ def cmd_experiment(args) -> int:
         return 2
     if prepare(Path(args.out), [args.name]) is None:
         return 2
-    res = run_experiment(args.name, args.size, args.seed, args.out)
-    print(res.summary.strip())
-    for fig in res.figures:
+    from .experiments.runner import run_one
+
+    outcome = run_one(args.name, f"scratch_transformers.experiments.{args.name}", args.size, args.seed, args.out,
+                      progress=True)
+    if outcome.error is not None:
+        print(outcome.error, file=sys.stderr)
+        return 1
+    print(outcome.result.summary.strip())
+    for fig in outcome.result.figures:
         print(f"figure: {fig}")
     return 0
 

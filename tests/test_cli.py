@@ -47,14 +47,15 @@ def test_bad_size_is_rejected():
 def test_unwritable_out_fails_before_training(tmp_path, monkeypatch, capsys, where):
     """tour/experiment with an --out that cannot be written stop at once (exit 2), before any kernel
     is compiled or any experiment trained. (Root ignores permission bits, so the folder is under a file.)"""
-    import scratch_transformers.__main__ as cli
+    import scratch_transformers.experiments.runner as runner
     import scratch_transformers.experiments.warmup as warmup
 
     (tmp_path / "a_file").write_text("not a folder")
 
     def must_not_run(*a, **k):
         raise AssertionError("ran although --out is not writable")
-    monkeypatch.setattr(cli, "run_experiment", must_not_run)
+    monkeypatch.setattr(runner, "run_one", must_not_run)
+    monkeypatch.setattr(runner, "run_all", must_not_run)
     monkeypatch.setattr(warmup, "warm_up", must_not_run)
     assert main(["tour", "--out", str(tmp_path / where)]) == 2
     assert "cannot write there" in capsys.readouterr().err

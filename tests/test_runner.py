@@ -88,3 +88,22 @@ def test_a_dead_worker_fails_its_own_experiment_only(fakes, tmp_path):
     for name in ("fake_a", "fake_b", "fake_timed"):
         assert out[name].error is None and out[name].result.metrics["size"] == "quick"
     assert out["fake_a"].where == out["fake_b"].where == "worker"
+
+
+def test_workers_get_one_blas_thread_and_this_process_keeps_its_environment(tmp_path, monkeypatch):
+    (tmp_path / "fake_env.py").write_text('''
+import os
+class Result:
+    def __init__(self, metrics):
+        self.summary, self.metrics = "ok", metrics
+def run(size="quick", rng=None, out_dir=None, progress=True):
+    return Result({v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")})
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    out = runner.run_all({"a": "fake_env", "b": "fake_env"}, "quick", 0, tmp_path, jobs=2, progress=False)
+    for name in ("a", "b"):
+        assert out[name].where == "worker"
+        assert set(out[name].result.metrics.values()) == {"1"}
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ

@@ -2,10 +2,10 @@
 
 An experiment reports losses, accuracies, counts and bytes: numbers that do not depend on what else the machine is
 doing. Those experiments run ``jobs`` at a time, each in a worker process of its own with one numba thread and one
-BLAS thread (so ``jobs`` workers keep ``jobs`` cores busy and no worker waits for a thread of the other). An experiment whose
-report includes wall-clock speed (module attribute ``MEASURES_TIME = True``: flash, matmulfree, tandem, linformer)
-runs afterwards in this process, alone, with all of numba's threads: no other experiment of ours shares the cores
-with its timings.
+BLAS thread (so ``jobs`` workers keep ``jobs`` cores busy and no worker waits for a thread of the other). An
+experiment whose report includes wall-clock speed (module attribute ``MEASURES_TIME = True``: flash, matmulfree,
+tandem, linformer) runs afterwards in this process, alone, with all of numba's threads: no other experiment of ours
+shares the cores with its timings.
 
 Every experiment gets ``numpy.random.default_rng(seed)`` of its own, in a worker or not, so its numbers do not depend
 on the order, on ``jobs`` or on which process ran it. Workers are started with ``spawn`` (a fresh interpreter: no
@@ -16,6 +16,7 @@ only load them from the cache, which each does before its experiment's clock sta
 from __future__ import annotations
 
 import importlib
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -59,10 +60,13 @@ def run_one(name: str, module_name: str, size: str, seed: int, out_dir, progress
     return Outcome(name, result, time.perf_counter() - t0, time.process_time() - c0, error, where)
 
 
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+
+
 def _worker(conn, name: str, module_name: str, size: str, seed: int, out_dir) -> None:
-    """A worker process: one numba thread (BLAS is single-threaded already for training commands: __main__), the
-    experiment's kernels loaded from numba's cache before its clock starts, then the experiment; its Outcome is
-    sent back through ``conn``."""
+    """A worker process: one numba thread (and one BLAS thread: ``_start`` sets the variables BLAS reads when numpy
+    is imported), the experiment's kernels loaded from numba's cache before its clock starts, then the experiment;
+    its Outcome is sent back through ``conn``."""
     import numba
 
     from .warmup import warm_up
@@ -71,6 +75,21 @@ def _worker(conn, name: str, module_name: str, size: str, seed: int, out_dir) ->
     warm_up([name], progress=False)
     conn.send(run_one(name, module_name, size, seed, out_dir, False, "worker"))
     conn.close()
+
+
+def _start(proc) -> None:
+    """Start ``proc`` with one BLAS thread: the child inherits the environment as it is at the start (a spawned
+    child imports numpy afresh), and this process's own environment is left as it was."""
+    saved = {v: os.environ.get(v) for v in BLAS_THREADS}
+    try:
+        os.environ.update({v: "1" for v in BLAS_THREADS})
+        proc.start()
+    finally:
+        for v, value in saved.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
 
 
 def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, progress: bool = True,
@@ -106,7 +125,7 @@ def run_all(modules: dict, size: str, seed: int, out_dir, *, jobs: int = 2, prog
                 receive, send = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_worker, args=(send, name, modules[name], size, seed, out_dir),
                                    name=f"experiment {name}", daemon=True)
-                proc.start()
+                _start(proc)
                 send.close()                                      # the child holds the only sending end
                 running[name] = (proc, receive, time.perf_counter())
             wait([r for _, r, _ in running.values()], timeout=1.0)

@@ -313,7 +313,11 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         past = [n for n in sorted(loss[m]) if n > bound]
         text = (f"- {m}: 2310.05209 bound (16b/c, T_tune = L) {bound:.0f} bytes; loss "
                 + ", ".join(f"{n}: {loss[m][n]:.3f}" for n in sorted(loss[m])) + ".")
-        if inside and past:
+        if bound <= L and past:                                          # the law: no extrapolation at all
+            text += (f" The bound is the training length itself (no extrapolation predicted); the loss rises by "
+                     f"{loss[m][past[0]] - loss[m][L]:+.3f} at {past[0]} bytes and {loss[m][past[-1]] - loss[m][L]:+.3f} "
+                     f"at {past[-1]}.")
+        elif inside and past:
             rise_in = max(loss[m][n] for n in inside) - loss[m][L]
             rise_past = loss[m][past[0]] - loss[m][L]
             verdict = ("it rises past the bound and not before it, as the law predicts" if rise_in < 0.05 <= rise_past

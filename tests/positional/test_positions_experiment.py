@@ -35,6 +35,8 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch):
                                                  ft_scale=2, ft_steps=2, mults=(1, 2), eval_tokens=32))
     res = exp.run("quick", np.random.default_rng(0), tmp_path, progress=False)
     assert res.name == exp.NAME and len(res.figures) == 2 and all(p.is_file() for p in res.figures)
+    # base 500 and 1e4 have the bound T_tune = L: said as such, with the rise past L
+    assert res.summary.count("The bound is the training length itself") == 2
     for method in exp.CURVES:
         assert np.isfinite(res.metrics[f"loss_{method}_1x"])
         assert method == "learned" or np.isfinite(res.metrics[f"loss_{method}_2x"])

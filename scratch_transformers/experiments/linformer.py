@@ -166,7 +166,7 @@ def _figures(cfg, spec, curves, times, h_uni, out_dir):
     fig.tight_layout()
     f1 = savefig(fig, out_dir, "linformer_spectrum.png")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.6, 1]})
     names = list(curves)
     for i, name in enumerate(names):
         steps, mean, sd = curves[name]
@@ -176,7 +176,7 @@ def _figures(cfg, spec, curves, times, h_uni, out_dir):
     axes[0].axhline(h_uni, color="k", ls="--", lw=1, label=f"unigram entropy {h_uni:.2f} (no context)")
     axes[0].set(xlabel="training step", ylabel="validation MLM loss (nats per masked byte)",
                 title=f"masked LM, n = {n} (cf. Fig. 3a)")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)   # below the curves
     axes[1].bar(range(len(names)), [1e3 * times[k] for k in names], color=[f"C{i}" for i in range(len(names))])
     axes[1].set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     axes[1].set(ylabel="ms per training step (fwd + bwd)", title=f"time per step, batch {cfg['batch']}")

@@ -133,7 +133,8 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
          ["stdlib LM", n_params, cfg["lm_steps"], l_sec,
           f"val loss {l_val:.3f} nats/byte (unigram entropy {h_uni:.3f})"]])
     summary = (
-        f"{table}\n\nParameters in {cfg['dtype']}. Corpus: {len(corpus.files)} stdlib files, {len(corpus.train) + len(corpus.val)} bytes, "
+        f"{table}\n\nParameters in {cfg['dtype']}. Corpus: {len(corpus.files)} stdlib files, "
+        f"{len(corpus.train) + len(corpus.val)} bytes, "
         f"sha256 {corpus.sha256[:16]}…\n\nContinuations of `def __init__(self` by the LM:\n\n"
         f"- greedy (argmax at every step): `{sample_text!r}`\n"
         f"- sampled (temperature {SAMPLE_TEMPERATURE:g}, top-k {SAMPLE_TOP_K}): `{sampled_text!r}`\n\n"

@@ -143,7 +143,8 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
     ctx, bs = cfg["ctx"], cfg["batch"]
     config = tf.TransformerConfig(vocab_size=256, d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=4,
                                   max_len=ctx, positions="learned")
-    base = tf.init_params(config, rng, dtype=np.dtype(cfg.get("dtype", "float64")))
+    dtype = np.dtype(cfg.get("dtype", "float64"))
+    base = tf.init_params(config, rng, dtype=dtype)
     steps = cfg["pretrain_steps"]
     _fit(base, {}, config, lambda r, step: data.random_windows(code.train, r, bs, ctx), steps, LR["pretrain"], rng, desc="lora: pretrain on code", progress=progress)
     code_vx, code_vy = data.random_windows(code.val, np.random.default_rng(7), cfg["n_val"], ctx)
@@ -312,7 +313,7 @@ def run(size: str = "quick", rng: np.random.Generator | None = None, out_dir: Pa
         f"{results['full fine-tuning']['val']:.3f}; head only {results['head only']['val']:.3f}.\n\n"
         f"{_what_this_size_shows(results, base_prose_loss)}\n\n"
         f"Merged r=8 model vs unmerged adapters: max |logit difference| {merge_err:.2e}. "
-        f"Adapter file (r=8, W_q+W_v, {base[next(iter(base))].dtype} npz incl. config): {adapter_bytes:,} bytes vs "
+        f"Adapter file (r=8, W_q+W_v, {dtype} npz incl. config): {adapter_bytes:,} bytes vs "
         f"{base_bytes:,} bytes for the base weights ({base_bytes / adapter_bytes:.0f}x smaller).\n\n"
         f"Subspace similarity (eq. 4, layer {layer}): phi(1, 1) = {phi_q[0, 0]:.3f} (W_q), {phi_v[0, 0]:.3f} (W_v); "
         f"mean phi(i, j) over i <= 8, j <= 8: {phi_q[:, :8].mean():.3f} (W_q), {phi_v[:, :8].mean():.3f} (W_v), "
